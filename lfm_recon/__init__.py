@@ -1,0 +1,18 @@
+"""lfm_recon: light-field microscope snapshots to 3-D fluorescence volumes.
+
+Conventions: lengths in µm; light fields (B, 1, Y, X); volumes (B, D, Yv, Xv);
+PSF kernels (D, s, s, K, K); z > 0 farther from the objective. See DESIGN.md.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("lfm_recon")
+except PackageNotFoundError:  # running from a source tree without install
+    __version__ = "0+unknown"
+
+from .errors import LFMError
+from .microscope import Microscope, list_presets
+from .psf import PSFBank, generate_psf
+
+__all__ = ["LFMError", "Microscope", "PSFBank", "__version__", "generate_psf", "list_presets"]

@@ -1,0 +1,60 @@
+"""Figures for a quick look at PSF banks (PNG via matplotlib's Agg canvas)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .psf.bank import PSFBank
+
+
+def plot_psf_bank(bank: PSFBank, path: str | Path, n_depths: int = 5, gamma: float = 0.5) -> Path:
+    """Save a grid of kernels: columns are depths, rows sub-positions.
+
+    Rows: the centre sub-position and a corner one (a = b = 0). Each panel is
+    scaled to its own maximum with a display gamma (0.5 shows the dim
+    lenslets of defocused depths); lenslet borders are drawn faintly.
+
+    Args:
+        bank: the PSF bank.
+        path: output PNG path.
+        n_depths: how many depths, evenly spread over the bank's.
+        gamma: display exponent applied to the normalised intensity.
+
+    Returns:
+        The path written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    s, nnum = bank.voxels_per_lenslet, bank.nnum
+    picks = np.unique(np.linspace(0, bank.n_depths - 1, min(n_depths, bank.n_depths)).round())
+    subs = [((s - 1) // 2, (s - 1) // 2)] + ([(0, 0)] if s > 1 else [])
+    fig = Figure(figsize=(2.2 * len(picks), 2.3 * len(subs) + 0.4), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(subs), len(picks), squeeze=False)
+    k = bank.kernel_size
+    for col, d in enumerate(picks.astype(int)):
+        for row, (a, b) in enumerate(subs):
+            kern = bank.kernels[d, a, b]
+            ax = axes[row, col]
+            ax.imshow(
+                (kern / max(kern.max(), 1e-30)) ** gamma, cmap="magma", interpolation="nearest"
+            )
+            for edge in range(0, k + 1, nnum):
+                ax.axhline(edge - 0.5, color="white", lw=0.3, alpha=0.3)
+                ax.axvline(edge - 0.5, color="white", lw=0.3, alpha=0.3)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(f"z = {bank.depths[d]:g} µm", fontsize=9)
+            if col == 0:
+                ax.set_ylabel(f"sub-position {a},{b}", fontsize=8)
+    fig.suptitle(
+        f"Light-field PSF, nnum {nnum}, s {s}, K {k} px (intensity^{gamma:g})", fontsize=10
+    )
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path

@@ -1,0 +1,130 @@
+"""The lfm-recon command line: happy paths and one-line errors."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lfm_recon import PSFBank
+from lfm_recon.cli import main, parse_depths
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        pytest.param("-50:50:11", np.linspace(-50, 50, 11), id="range"),
+        pytest.param("-10,0,10", [-10.0, 0.0, 10.0], id="list"),
+        pytest.param("5", [5.0], id="single"),
+    ],
+)
+def test_depth_specs(spec, expected):
+    np.testing.assert_allclose(parse_depths(spec), expected)
+
+
+def test_psf_then_info(tmp_path, capsys):
+    out = tmp_path / "bank.h5"
+    png = tmp_path / "bank.png"
+    code = main(
+        [
+            "psf",
+            "reference",
+            "--depths",
+            "-10:10:3",
+            "--voxels-per-lenslet",
+            "3",
+            "-o",
+            str(out),
+            "--figure",
+            str(png),
+        ]
+    )
+    assert code == 0
+    bank = PSFBank.load(out)
+    np.testing.assert_allclose(bank.depths, [-10, 0, 10])
+    assert bank.voxels_per_lenslet == 3
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert bank.sha256[:16] in capsys.readouterr().out
+
+
+def test_psf_from_a_toml_file(tmp_path, reference):
+    toml = tmp_path / "scope.toml"
+    reference.save(toml)
+    out = tmp_path / "bank.h5"
+    assert main(["psf", str(toml), "--depths", "0", "-s", "1", "-o", str(out), "-q"]) == 0
+    assert PSFBank.load(out).microscope == reference
+
+
+def test_info_lists_presets_and_describes_one(capsys):
+    assert main(["info"]) == 0
+    assert "water-40x-0.8na" in capsys.readouterr().out
+    assert main(["info", "guv-60x-1.2na"]) == 0
+    assert "nnum = 15" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(
+            ["psf", "nope", "--depths", "0", "-s", "1"], "no microscope preset", id="unknown-preset"
+        ),
+        pytest.param(
+            ["psf", "reference", "--depths", "1:x", "-s", "1"], "START:STOP:COUNT", id="bad-depths"
+        ),
+        pytest.param(
+            ["psf", "reference", "--depths", "5,0", "-s", "1"],
+            "strictly increasing",
+            id="unsorted-depths",
+        ),
+        pytest.param(["psf", "reference", "--depths", "0", "-s", "40"], "1 to nnum", id="s>nnum"),
+        pytest.param(["info", "missing.h5"], "does not exist", id="missing-bank"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    if argv[0] == "psf":
+        argv = [*argv, "-o", str(tmp_path / "b.h5")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_existing_output_needs_overwrite(tmp_path, capsys):
+    out = tmp_path / "bank.h5"
+    out.write_bytes(b"precious")
+    assert main(["psf", "reference", "--depths", "0", "-s", "1", "-o", str(out), "-q"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"precious"
+    assert (
+        main(["psf", "reference", "--depths", "0", "-s", "1", "-o", str(out), "-q", "--overwrite"])
+        == 0
+    )
+    PSFBank.load(out)
+
+
+def test_console_script_runs_in_a_subprocess(tmp_path):
+    """The installed entry point, as a user calls it: error text, no traceback."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lfm_recon.cli",
+            "psf",
+            "reference",
+            "--depths",
+            "0",
+            "-s",
+            "1",
+            "-o",
+            str(tmp_path / "x.h5"),
+            "--energy",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("lfm-recon: error: energy must be a fraction")
+    assert "Traceback" not in result.stderr
