@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from lfm_recon import LFMError, generate_psf
 from lfm_recon.psf.lightfield import radial_profiles, sensor_images
@@ -137,3 +138,49 @@ def test_bad_generation_input_is_a_clear_error(reference, kwargs, message):
     args = dict(microscope=reference, depths=[0.0], voxels_per_lenslet=3) | kwargs
     with pytest.raises(LFMError, match=message):
         generate_psf(**args)
+
+
+@pytest.mark.parametrize("z", [-50.0, 30.0])
+def test_kernels_keep_the_sensor_orientation(reference, z):
+    """No image inversion (DESIGN): the light of a defocused point is centred
+    on the point's own lateral position, (a+½)/s − ½ of the pitch from its
+    lenslet's centre, on the same side."""
+    bank = generate_psf(reference, [z], 5)
+    k = bank.kernels[0].astype(np.float64)
+    idx = np.arange(bank.kernel_size) - bank.kernel_size // 2
+    centroid_y = (k.sum(-1) * idx).sum(-1)  # (s, s) pixels
+    centroid_x = (k.sum(-2) * idx).sum(-1)
+    offset = ((np.arange(5) + 0.5) / 5 - 0.5) * reference.nnum  # pixels
+    np.testing.assert_allclose(centroid_y, np.broadcast_to(offset[:, None], (5, 5)), atol=0.5)
+    np.testing.assert_allclose(centroid_x, np.broadcast_to(offset[None, :], (5, 5)), atol=0.5)
+
+
+def test_even_nnum_and_even_s_are_symmetric():
+    """nnum = 16 puts the lenslet centre on a pixel corner; the symmetric
+    construction must still match a brute-force computation."""
+    from lfm_recon import Microscope
+
+    m = Microscope(magnification=40, numerical_aperture=0.8, medium_index=1.33, wavelength=0.525,
+                   mla_pitch=128.0, mla_focal_length=3200.0, pixel_size=8.0)
+    brute = generate_psf(m, [-6.0, 4.0], 2, support_radius=1, use_symmetry=False)
+    fast = generate_psf(m, [-6.0, 4.0], 2, support_radius=1)
+    assert m.nnum == 16 and brute.kernel_size == 48
+    assert np.abs(fast.kernels - brute.kernels).max() < 1e-5 * brute.kernels.max()
+    np.testing.assert_allclose(brute.kernels.sum(axis=(-1, -2)), 1.0, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(reference):
+    cpu = generate_psf(reference, [-20.0, 0.0, 20.0], 3)
+    gpu = generate_psf(reference, [-20.0, 0.0, 20.0], 3, device="cuda")
+    assert np.array_equal(cpu.radii, gpu.radii)
+    assert np.abs(cpu.kernels - gpu.kernels).max() < 1e-4 * cpu.kernels.max()
+
+
+def test_unavailable_device_is_a_clear_error(reference):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(LFMError, match="CUDA is not available"):
+        generate_psf(reference, [0.0], 1, device="cuda")
+    with pytest.raises(LFMError, match="not a torch device"):
+        generate_psf(reference, [0.0], 1, device="gpu0")

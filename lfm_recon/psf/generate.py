@@ -82,7 +82,7 @@ def generate_psf(
     m, s = microscope, voxels_per_lenslet
     if oversampling is None:
         oversampling = _converged_oversampling(m)
-    device = torch.device(device)
+    device = _check_device(device)
 
     subpos = _subpositions(s, use_symmetry)  # (a, b) index pairs computed
     offsets = ((np.arange(s) + 0.5) / s - 0.5) * m.lenslet_pitch_object
@@ -191,8 +191,9 @@ def _depth_kernels(
             radius = int(hits[0])
             break
         radius += 1
-    c, h = img.shape[-1] // 2, m.nnum * (2 * radius + 1) // 2
-    kern = img[:, c - h : c + h + 1, c - h : c + h + 1]
+    size = m.nnum * (2 * radius + 1)  # both sizes are nnum × odd: centred exactly
+    start = (img.shape[-1] - size) // 2
+    kern = img[:, start : start + size, start : start + size]
     kern = kern / kern.sum(dim=(1, 2), keepdim=True)
     return kern.cpu().numpy().astype(np.float32), radius, float(worst[radius])
 
@@ -257,6 +258,16 @@ def _unfold(computed: np.ndarray, subpos, s: int) -> np.ndarray:
                 kern = kern[:, :, ::-1]
             out[:, a, b] = kern
     return out
+
+
+def _check_device(device) -> torch.device:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise LFMError(f"device {device!r} is not a torch device (use cpu or cuda)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LFMError("device cuda was asked for but CUDA is not available; use device cpu")
+    return device
 
 
 def _check_inputs(m, depths, s, oversampling, energy, support_radius, apodization):
