@@ -17,6 +17,7 @@ import numpy as np
 from . import __version__
 from .errors import LFMError
 from .microscope import Microscope, list_presets
+from .psf.generate import DEFAULT_ENERGY
 
 DEMO_PRESET = "reference"
 DEMO_DEPTHS = "-50:50:11"
@@ -49,6 +50,8 @@ def _cmd_psf(args: argparse.Namespace) -> None:
 
     out = Path(args.output)
     _check_output(out, args.overwrite)
+    if args.figure and not Path(args.figure).parent.exists():
+        raise LFMError(f"figure folder {Path(args.figure).parent} does not exist")
     microscope = Microscope.resolve(args.microscope)
     depths = parse_depths(args.depths)
     start = time.perf_counter()
@@ -145,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--energy",
         type=float,
-        default=0.99,
-        help="fraction of each point's light the kernels keep (default 0.99)",
+        default=DEFAULT_ENERGY,
+        help=f"fraction of each point's light the kernels keep (default {DEFAULT_ENERGY})",
     )
     p.add_argument(
         "--support-radius",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -18,7 +19,8 @@ from pathlib import Path
 
 from .errors import LFMError
 
-_NNUM_TOLERANCE = 1e-3  # pitch/pixel may differ from an integer by this much
+_NNUM_TOLERANCE = 1e-3  # relative: pitch/pixel may be off an integer by 0.1 %
+_WAVELENGTH_RANGE = (0.1, 10.0)  # µm
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,8 @@ class Microscope:
         mla_focal_length: microlens focal length, µm.
         pixel_size: rectified sensor pixel, µm; ``mla_pitch / pixel_size`` must
             be an integer (``nnum``). Within 0.1 % of one it is snapped to
-            exactly ``mla_pitch / nnum``.
+            exactly ``mla_pitch / nnum`` (so 6.67 µm with a 100 µm pitch
+            becomes 100/15).
         tube_lens_focal_length: optional, µm; informational (the intensity
             PSF depends on M only, not on the split into objective and tube).
         sensor_distance: optional MLA-to-sensor distance, µm; defaults to
@@ -63,7 +66,7 @@ class Microscope:
             value = getattr(self, f.name)
             if value is None and f.default is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise LFMError(f"microscope {f.name} must be a number, got {value!r}")
             if not math.isfinite(value) or value <= 0:
                 raise LFMError(
@@ -82,19 +85,21 @@ class Microscope:
                 f" medium_index {self.medium_index} (NA = n·sin α < n); check"
                 " the objective's NA and its immersion medium"
             )
-        if self.wavelength > 10.0:
+        lo, hi = _WAVELENGTH_RANGE
+        if not lo <= self.wavelength <= hi:
+            guess = self.wavelength / 1000 if self.wavelength > hi else self.wavelength * 1e6
             raise LFMError(
-                f"wavelength {self.wavelength} µm is not optical; wavelengths"
-                f" are in µm (did you mean {self.wavelength / 1000:g}?)"
+                f"wavelength {self.wavelength:g} is not an optical wavelength in µm"
+                f" ({lo:g}…{hi:g}); wavelengths are in µm (did you mean {guess:g}?)"
             )
         ratio = self.mla_pitch / self.pixel_size
         nnum = round(ratio)
-        if nnum < 1 or abs(ratio - nnum) > _NNUM_TOLERANCE:
+        if nnum < 1 or abs(ratio - nnum) > _NNUM_TOLERANCE * nnum:
             raise LFMError(
                 f"mla_pitch / pixel_size = {self.mla_pitch:g} / {self.pixel_size:g}"
                 f" = {ratio:.4f} pixels per lenslet, not an integer; the"
-                " operator needs an integer grid: rectify the raw images"
-                " (lfm-recon calibrate) and give the rectified pixel size,"
+                " operator needs an integer grid: calibrate and rectify the raw"
+                " images to nnum pixels per lenslet and give the rectified pixel size,"
                 f" e.g. pixel_size = {self.mla_pitch / max(nnum, 1):.6g}"
                 f" for nnum = {max(nnum, 1)} (or write nnum = {max(nnum, 1)}"
                 " in the TOML file)"
@@ -154,15 +159,18 @@ class Microscope:
             raise LFMError(
                 f"{source}: unknown key(s) {unknown}; allowed keys are {sorted(allowed | {'nnum'})}"
             )
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise LFMError(f"{source}: {key} must be a number, got {value!r}")
         if "nnum" in values:
             nnum = values.pop("nnum")
-            if isinstance(nnum, bool) or not isinstance(nnum, int) or nnum < 1:
+            if not isinstance(nnum, numbers.Integral) or nnum < 1:
                 raise LFMError(f"{source}: nnum must be a positive integer, got {nnum!r}")
             if "mla_pitch" not in values:
                 raise LFMError(f"{source}: nnum needs mla_pitch to derive pixel_size")
             derived = values["mla_pitch"] / nnum
             given = values.setdefault("pixel_size", derived)
-            if abs(given - derived) > _NNUM_TOLERANCE * given:
+            if abs(given - derived) > _NNUM_TOLERANCE * derived:
                 raise LFMError(
                     f"{source}: pixel_size {given} contradicts nnum {nnum}"
                     f" (mla_pitch / nnum = {derived:.6g}); give only one"

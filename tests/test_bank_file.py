@@ -15,6 +15,7 @@ def test_round_trip_preserves_everything(small_bank, tmp_path):
     np.testing.assert_array_equal(loaded.kernels, small_bank.kernels)
     np.testing.assert_array_equal(loaded.depths, small_bank.depths)
     np.testing.assert_array_equal(loaded.radii, small_bank.radii)
+    np.testing.assert_array_equal(loaded.captured_energy, small_bank.captured_energy)
     assert loaded.microscope == small_bank.microscope
     assert loaded.generation == small_bank.generation
     assert loaded.sha256 == small_bank.sha256
@@ -71,6 +72,16 @@ def test_damaged_and_newer_files_are_refused(small_bank, tmp_path):
         f.attrs["format_version"] = 99
     with pytest.raises(LFMError, match="upgrade"):
         PSFBank.load(path)
+    with h5py.File(path, "r+") as f:
+        del f.attrs["format_version"]
+    with pytest.raises(LFMError, match="damaged"):
+        PSFBank.load(path)
+
+
+def test_bank_arrays_are_read_only_so_the_hash_stays_true(small_bank):
+    with pytest.raises(ValueError, match="read-only"):
+        small_bank.kernels[0, 0, 0, 0, 0] = 1.0
+    assert small_bank.kernels.dtype == np.float32
 
 
 def test_failed_save_keeps_the_existing_file(small_bank, tmp_path, monkeypatch):
@@ -98,6 +109,24 @@ def test_inconsistent_arrays_are_rejected(small_bank):
         PSFBank(
             kernels=small_bank.kernels[0],
             depths=small_bank.depths,
+            microscope=small_bank.microscope,
+            radii=small_bank.radii,
+            captured_energy=small_bank.captured_energy,
+        )
+    negative = small_bank.kernels.copy()
+    negative[0, 0, 0, 0, 0] = -1e-3
+    with pytest.raises(LFMError, match="non-negative"):
+        PSFBank(
+            kernels=negative,
+            depths=small_bank.depths,
+            microscope=small_bank.microscope,
+            radii=small_bank.radii,
+            captured_energy=small_bank.captured_energy,
+        )
+    with pytest.raises(LFMError, match="strictly increasing"):
+        PSFBank(
+            kernels=small_bank.kernels,
+            depths=small_bank.depths[::-1],
             microscope=small_bank.microscope,
             radii=small_bank.radii,
             captured_energy=small_bank.captured_energy,

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,6 +81,16 @@ def test_info_lists_presets_and_describes_one(capsys):
         ),
         pytest.param(["psf", "reference", "--depths", "0", "-s", "40"], "1 to nnum", id="s>nnum"),
         pytest.param(["info", "missing.h5"], "does not exist", id="missing-bank"),
+        pytest.param(
+            ["psf", "reference", "--depths", "-50000:50000:3", "-s", "1"],
+            "depths are in µm",
+            id="depths-in-nm",
+        ),
+        pytest.param(
+            ["psf", "reference", "--depths", "0", "-s", "1", "--figure", "/no/dir/f.png"],
+            "figure folder",
+            id="figure-folder",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
@@ -105,11 +116,12 @@ def test_existing_output_needs_overwrite(tmp_path, capsys):
 
 def test_console_script_runs_in_a_subprocess(tmp_path):
     """The installed entry point, as a user calls it: error text, no traceback."""
+    script = Path(sys.executable).with_name("lfm-recon")
+    if not script.exists():
+        pytest.skip("lfm_recon is not installed in this environment (no lfm-recon script)")
     result = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "lfm_recon.cli",
+            str(script),
             "psf",
             "reference",
             "--depths",

@@ -50,17 +50,16 @@ def test_matches_direct_adaptive_quadrature(z):
         assert abs(value - c * (re + 1j * im)) < 1e-7 * abs(u[0])
 
 
-def test_quadrature_converged_and_negative_depth_is_conjugate():
+def test_default_quadrature_is_converged():
     r = np.linspace(0, 1500, 301)
     z = np.array([-50.0, 50.0])
     u = debye_radial_profile(r, z, **OPTICS)
     u2 = debye_radial_profile(r, z, n_theta=4000, **OPTICS)
     assert np.abs(u - u2).max() < 1e-9 * np.abs(u).max()
-    np.testing.assert_allclose(u[0], np.conj(u[1]), atol=1e-14)
 
 
 def test_total_energy_is_one_for_every_depth():
-    r = np.linspace(0, 4000, 40001)
+    r = np.linspace(0, 4000, 20001)
     ee = enclosed_energy(r, debye_radial_profile(r, [0.0, 10.0, -30.0], **OPTICS))
     # The hard pupil leaves a 1/ρ tail: ~1.6e-3 lies beyond 4 mm here.
     np.testing.assert_allclose(ee[:, -1], 1.0, atol=3e-3)

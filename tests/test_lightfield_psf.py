@@ -103,6 +103,12 @@ def test_higher_energy_needs_no_smaller_support(reference):
     assert np.all(hi.captured_energy >= 0.995)
 
 
+def test_high_energy_targets_grow_the_support_and_terminate(reference):
+    """The hard pupil's Airy tail makes 99.9 % need a wide support in focus."""
+    bank = generate_psf(reference, [0.0], 1, energy=0.999)
+    assert bank.radii[0] >= 8 and bank.captured_energy[0] >= 0.999
+
+
 def test_mirror_and_transpose_symmetry_of_brute_force_bank(reference):
     """Computing all s² positions directly (no symmetry used) gives kernels
     related by the square lenslet's mirror and x↔y symmetries, and equal to
@@ -160,8 +166,15 @@ def test_even_nnum_and_even_s_are_symmetric():
     construction must still match a brute-force computation."""
     from lfm_recon import Microscope
 
-    m = Microscope(magnification=40, numerical_aperture=0.8, medium_index=1.33, wavelength=0.525,
-                   mla_pitch=128.0, mla_focal_length=3200.0, pixel_size=8.0)
+    m = Microscope(
+        magnification=40,
+        numerical_aperture=0.8,
+        medium_index=1.33,
+        wavelength=0.525,
+        mla_pitch=128.0,
+        mla_focal_length=3200.0,
+        pixel_size=8.0,
+    )
     brute = generate_psf(m, [-6.0, 4.0], 2, support_radius=1, use_symmetry=False)
     fast = generate_psf(m, [-6.0, 4.0], 2, support_radius=1)
     assert m.nnum == 16 and brute.kernel_size == 48

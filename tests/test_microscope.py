@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 
 from lfm_recon import LFMError, Microscope, list_presets
@@ -31,6 +32,7 @@ def test_derived_quantities():
         pytest.param(dict(mla_pitch=-150.0), "positive", id="negative-pitch"),
         pytest.param(dict(wavelength=0.0), "positive", id="zero-wavelength"),
         pytest.param(dict(wavelength=525.0), "did you mean 0.525", id="wavelength-in-nm"),
+        pytest.param(dict(wavelength=5.25e-7), "did you mean 0.525", id="wavelength-in-m"),
         pytest.param(dict(pixel_size=6.5), "rectify", id="non-integer-nnum"),
         pytest.param(dict(medium_index=0.9), "below 1", id="index<1"),
         pytest.param(dict(magnification=float("nan")), "finite", id="nan"),
@@ -49,8 +51,13 @@ def test_non_integer_pitch_error_suggests_the_rectified_pixel():
 
 
 def test_pixel_size_close_to_integer_grid_is_snapped():
-    m = Microscope(**{**REF, "mla_pitch": 100.0, "pixel_size": 6.6667})
+    m = Microscope(**{**REF, "mla_pitch": 100.0, "pixel_size": 6.67})  # 0.05 % off
     assert m.nnum == 15 and m.pixel_size == 100.0 / 15
+
+
+def test_numpy_scalars_are_numbers():
+    m = Microscope(**{**REF, "magnification": np.int64(20), "wavelength": np.float32(0.525)})
+    assert m.nnum == 15 and isinstance(m.magnification, float)
 
 
 def test_toml_round_trip(tmp_path):
@@ -70,6 +77,9 @@ def test_toml_nnum_key_and_unknown_keys(tmp_path):
         Microscope.from_file(path)
     path.write_text(text + "\nnnum = 15\npixel_size = 12.0\n")
     with pytest.raises(LFMError, match="contradicts"):
+        Microscope.from_file(path)
+    path.write_text(text.replace("150.0", '"150"') + "\nnnum = 15\n")
+    with pytest.raises(LFMError, match="mla_pitch must be a number"):
         Microscope.from_file(path)
     path.write_text("magnification = [")
     with pytest.raises(LFMError, match="not valid TOML"):

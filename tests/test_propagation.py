@@ -30,18 +30,40 @@ def test_gaussian_beam_matches_analytic_solution():
     assert (u - exact).abs().max() < 1e-4
 
 
-def test_propagation_conserves_energy_and_reverses():
+def test_propagation_conserves_energy():
     n, dx = 256, 1.0
     g = torch.Generator().manual_seed(0)
     u0 = torch.zeros((n, n), dtype=torch.complex128)
     u0[96:160, 96:160] = torch.randn((64, 64), generator=g, dtype=torch.complex128)
-    # Band-limit the random field so the band-limited transfer keeps all of it.
-    keep = torch.fft.fftfreq(n, dx).abs() < 0.1
+    keep = torch.fft.fftfreq(n, dx).abs() < 0.1  # inside the band limit
     u0 = torch.fft.ifft2(torch.fft.fft2(u0) * (keep[:, None] & keep[None, :]))
     u1 = propagate(u0, angular_spectrum_transfer(n, dx, 500.0, WL))
-    back = propagate(u1, angular_spectrum_transfer(n, dx, -500.0, WL))
     assert abs(u1.abs().pow(2).sum() / u0.abs().pow(2).sum() - 1) < 1e-12
-    assert (back - u0).abs().max() < 1e-10 * u0.abs().max()
+
+
+def test_band_limit_reduces_aliasing_on_small_grids():
+    """A tight Gaussian propagated far on a small grid, against the same on a
+    16× larger grid: the band-limited transfer function (Matsushima &
+    Shimobaba) must beat the plain one, whose chirp is under-sampled."""
+    wl, dx, d, w0 = 0.5, 0.5, 2000.0, 2.0
+
+    def source(n):
+        x = _grid(n, dx)
+        return torch.exp(-(x[:, None] ** 2 + x[None, :] ** 2) / w0**2).to(torch.complex128)
+
+    small, big = 256, 4096
+    reference = propagate(source(big), angular_spectrum_transfer(big, dx, d, wl))
+    crop = slice(big // 2 - small // 2, big // 2 + small // 2)
+    reference = reference[crop, crop]
+    limited = propagate(source(small), angular_spectrum_transfer(small, dx, d, wl))
+    f = torch.fft.fftfreq(small, d=dx, dtype=torch.float64)
+    f2 = f[:, None] ** 2 + f[None, :] ** 2
+    kz = torch.sqrt(torch.clamp(1 / wl**2 - f2, min=0))
+    plain = propagate(source(small), torch.polar((f2 < 1 / wl**2).double(), 2 * math.pi * d * kz))
+    centre = slice(small // 2 - 32, small // 2 + 32)
+    err_limited = (limited - reference)[centre, centre].abs().max()
+    err_plain = (plain - reference)[centre, centre].abs().max()
+    assert err_limited < 0.5 * err_plain
 
 
 def test_square_lenslet_focuses_to_its_fraunhofer_pattern():

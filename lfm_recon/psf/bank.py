@@ -46,6 +46,18 @@ class PSFBank:
     generation: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.microscope, Microscope):
+            raise LFMError(f"microscope must be a Microscope, got {type(self.microscope).__name__}")
+        # Read-only copies: the content hash is cached, so the arrays must not change.
+        for name, dtype in (
+            ("kernels", np.float32),
+            ("depths", np.float64),
+            ("radii", np.int32),
+            ("captured_energy", np.float64),
+        ):
+            array = np.array(getattr(self, name), dtype=dtype)
+            array.setflags(write=False)
+            object.__setattr__(self, name, array)
         k = self.kernels
         if k.ndim != 5 or k.shape[1] != k.shape[2] or k.shape[3] != k.shape[4]:
             raise LFMError(f"kernels must have shape (D, s, s, K, K), got {k.shape}")
@@ -58,6 +70,12 @@ class PSFBank:
                 raise LFMError(f"{name} must have shape ({d},), got {getattr(self, name).shape}")
         if not 1 <= s <= nnum:
             raise LFMError(f"voxels per lenslet s = {s} must be within 1…nnum = {nnum}")
+        if not np.all(np.isfinite(self.depths)) or np.any(np.diff(self.depths) <= 0):
+            raise LFMError("depths must be finite and strictly increasing")
+        if np.any(self.radii < 0) or np.any(nnum * (2 * self.radii + 1) > size):
+            raise LFMError(f"radii {self.radii.tolist()} do not fit kernels of K = {size}")
+        if not np.all(np.isfinite(k)) or k.min() < 0:
+            raise LFMError("kernels must be finite and non-negative (they are intensities)")
 
     # --- derived ----------------------------------------------------------
     @property
@@ -161,7 +179,9 @@ class PSFBank:
                     f"{path} is an HDF5 file but not a PSF bank (no format"
                     f" '{FORMAT}'); make one with `lfm-recon psf`"
                 )
-            version = int(f.attrs.get("format_version", -1))
+            version = f.attrs.get("format_version")
+            if not isinstance(version, (int, np.integer)) or version < 1:
+                raise LFMError(f"{path} is a damaged PSF bank file (format_version {version!r})")
             if version > FORMAT_VERSION:
                 raise LFMError(
                     f"{path} has PSF bank format {version}; this lfm_recon reads up"

@@ -24,7 +24,7 @@ integral is real-symmetric in z: U(ρ, -z) = conj(U(ρ, z)).
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import j0
+from scipy.special import j0, roots_legendre
 
 APODIZATIONS = ("sine", "uniform")
 """``"sine"``: A = sqrt(cos θ), aplanatic (default, physical).
@@ -85,7 +85,7 @@ def debye_radial_profile(
         swept = kappa * radius.max(initial=0.0) * np.sin(alpha)
         swept += k * n * np.abs(depths).max(initial=0.0) * (1 - np.cos(alpha))
         n_theta = int(np.ceil(swept)) + 64
-    x, w = np.polynomial.legendre.leggauss(n_theta)
+    x, w = roots_legendre(n_theta)
     theta = 0.5 * alpha * (x + 1)
     w = 0.5 * alpha * w
     weight = w * _apodization(theta, apodization) * np.sin(theta)  # (T,)

@@ -13,6 +13,7 @@ radial Debye profile per depth serves every position, and −z reuses +z.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -25,7 +26,9 @@ from .bank import PSFBank
 from .debye import APODIZATIONS, enclosed_energy
 from .lightfield import (
     RadialProfile,
-    default_oversampling,
+    geometric_blur_radius,
+    grid_sizes,
+    nyquist_spacing,
     radial_profiles,
     sensor_images,
 )
@@ -36,7 +39,7 @@ Debye field an Airy-like tail (1 − enclosed energy ≈ 2/(π v)); keeping 99.9
 would need ~14 lenslets of support in focus for the reference optics."""
 
 _MAX_RADIUS = 64  # lenslets; beyond this the optics are not an LFM
-_CHUNK_BYTES = 48 * 2**20  # complex grid memory per batch of sub-positions
+_CHUNK_BYTES = 32 * 2**20  # one complex grid batch of sub-positions
 
 
 def generate_psf(
@@ -59,10 +62,10 @@ def generate_psf(
         depths: (D,) depths in µm from the native focal plane, strictly
             increasing; z > 0 is farther from the objective.
         voxels_per_lenslet: s, voxels per lenslet along each axis, 1 ≤ s ≤ nnum.
-        oversampling: field samples per sensor pixel per axis. Default: twice
-            the sampling condition Δ ≤ λ·f_ml/(2·pitch)
-            (:func:`~lfm_recon.psf.lightfield.default_oversampling` × 2 in
-            spacing), converged to L1 ≤ 0.02 against double (tested).
+        oversampling: field samples per sensor pixel per axis. Default
+            (:func:`default_oversampling`): half the Nyquist spacing of the
+            field behind the MLA (λ·f_ml/(2·pitch) for a matched MLA), which
+            is converged to L1 ≤ 0.02 against double (tested).
         energy: fraction of each point's light the kernel support must keep,
             which sets the radius R (lenslets) per depth.
         support_radius: force R for every depth instead (lenslets).
@@ -81,7 +84,7 @@ def generate_psf(
     )
     m, s = microscope, voxels_per_lenslet
     if oversampling is None:
-        oversampling = _converged_oversampling(m)
+        oversampling = default_oversampling(m)
     device = _check_device(device)
 
     subpos = _subpositions(s, use_symmetry)  # (a, b) index pairs computed
@@ -141,11 +144,11 @@ def generate_psf(
     )
 
 
-def _converged_oversampling(m: Microscope) -> int:
-    """Twice the Nyquist condition: the bare condition leaves kernels ~5 % off
-    in L1 (square lenslet borders are not band-limited)."""
-    nyquist = m.wavelength * m.mla_to_sensor / (2 * m.mla_pitch)
-    return max(default_oversampling(m), math.ceil(2 * m.pixel_size / nyquist - 1e-9))
+def default_oversampling(m: Microscope) -> int:
+    """Samples per pixel per axis at half the Nyquist spacing: at the bare
+    condition kernels are still ~5 % off in L1 (square lenslet borders are
+    not band-limited), at half it they are converged."""
+    return max(1, math.ceil(2 * m.pixel_size / nyquist_spacing(m) - 1e-9))
 
 
 def _depth_kernels(
@@ -168,15 +171,22 @@ def _depth_kernels(
     if support_radius is not None:
         radius = support_radius
     else:
-        ee = enclosed_energy(profile.radius, profile.values)
         radius = 0
+        ee = enclosed_energy(profile.radius, profile.values)
         while 1 - np.interp((radius + 0.5) * m.mla_pitch, profile.radius, ee) > 1 - energy:
             radius += 1
+            if radius > _MAX_RADIUS:
+                break
+            if (radius + 0.5) * m.mla_pitch > profile.radius[-1]:
+                profile = radial_profiles(
+                    m, np.array([depth]), 2 * profile.radius[-1], apodization
+                )[0]
+                ee = enclosed_energy(profile.radius, profile.values)
     while True:
         if radius > _MAX_RADIUS:
             raise LFMError(
-                f"the PSF at z = {depth:g} µm needs more than {_MAX_RADIUS} lenslets"
-                " of support; check the optics or lower energy"
+                f"the PSF at z = {depth:g} µm needs more than {_MAX_RADIUS} lenslets of"
+                f" support to keep {energy:g} of the light; lower energy (e.g. 0.99)"
             )
         nip = radius + 1
         corner = math.sqrt(2) * (nip + 0.5) * m.mla_pitch + m.mla_pitch
@@ -199,12 +209,10 @@ def _depth_kernels(
 
 
 def _chunked_sensor_images(m, profile, points, nip, oversampling, device):
-    """:func:`sensor_images` over chunks of points, so a depth's FFT grids stay
-    within ~_CHUNK_BYTES whatever s is."""
-    lens_samples = m.nnum * oversampling
-    n_fft = (2 * nip + 3) * lens_samples
-    per_point = 8 * n_fft**2  # one complex64 grid
-    step = max(1, _CHUNK_BYTES // per_point)
+    """:func:`sensor_images` over chunks of points, so one complex64 FFT grid
+    batch stays within _CHUNK_BYTES (peak memory is a few times that)."""
+    _, n_fft = grid_sizes(m, nip, oversampling)
+    step = max(1, _CHUNK_BYTES // (8 * n_fft**2))
     return torch.cat(
         [
             sensor_images(
@@ -289,24 +297,31 @@ def _check_inputs(m, depths, s, oversampling, energy, support_radius, apodizatio
             "depths must be strictly increasing (sorted, no repeats), got"
             f" {np.array2string(depths, precision=3, threshold=8)}"
         )
-    if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 1 <= s <= m.nnum:
+    worst = float(np.abs(depths).max())
+    if geometric_blur_radius(m, worst) > _MAX_RADIUS * m.mla_pitch:
+        raise LFMError(
+            f"depth {worst:g} µm blurs over more than {_MAX_RADIUS} lenslets with these"
+            " optics; depths are in µm from the native focal plane (e.g. -50:50:11)"
+        )
+    if not _is_int(s) or not 1 <= s <= m.nnum:
         raise LFMError(
             f"voxels_per_lenslet must be an integer from 1 to nnum = {m.nnum}, got {s!r}"
         )
-    if oversampling is not None and (
-        isinstance(oversampling, bool)
-        or not isinstance(oversampling, (int, np.integer))
-        or oversampling < 1
-    ):
+    if oversampling is not None and (not _is_int(oversampling) or oversampling < 1):
         raise LFMError(f"oversampling must be a positive integer, got {oversampling!r}")
-    if not 0 < energy < 1:
+    if not isinstance(energy, numbers.Real) or not 0 < energy < 1:
         raise LFMError(f"energy must be a fraction in (0, 1), e.g. 0.99; got {energy!r}")
     if support_radius is not None and (
-        not isinstance(support_radius, (int, np.integer)) or support_radius < 0
+        not _is_int(support_radius) or not 0 <= support_radius <= _MAX_RADIUS
     ):
         raise LFMError(
-            f"support_radius must be a non-negative integer (lenslets), got {support_radius!r}"
+            f"support_radius must be an integer from 0 to {_MAX_RADIUS} (lenslets),"
+            f" got {support_radius!r}"
         )
     if apodization not in APODIZATIONS:
         raise LFMError(f"apodization must be one of {APODIZATIONS}, got {apodization!r}")
     return depths
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

@@ -6,7 +6,7 @@ Pipeline per depth (all on one sampling grid of spacing Δ = pixel / OS):
    point's image (the native-plane field of an off-axis point is the on-axis
    field shifted), evaluated inside a window of (2·R_nip + 1)² lenslets.
 2. Times the MLA transmission (square lenslets, k0 = 2π/λ).
-3. Zero-padded by ``pad`` lenslets per side, propagated to the sensor by the
+3. Zero-padded by ``guard`` lenslets per side, propagated to the sensor by the
    angular spectrum method.
 4. |U|², summed over the OS×OS samples of each sensor pixel.
 
@@ -39,17 +39,14 @@ NA/(Mλ); linear interpolation error ~ (2π/128)²/8 ≈ 3e-4 of the amplitude."
 def nyquist_spacing(microscope: Microscope) -> float:
     """Largest grid spacing that samples the field behind the MLA, µm.
 
-    The lenslet phase reaches the spatial frequency pitch/(2 λ f) at the
-    lenslet border and the incoming field adds about as much (matched
-    lenslets), so Δ ≤ λ f / (2 · pitch); f is the MLA-to-sensor distance.
+    The lenslet phase reaches the spatial frequency pitch/(2 λ f_ml) at the
+    lenslet border and the incoming field adds up to NA/(M λ), so
+    Δ ≤ 1 / (2·(pitch/(2 λ f_ml) + NA/(M λ))); for a matched MLA
+    (pitch/(2 f_ml) = NA/M) this is DESIGN's λ f_ml / (2 · pitch).
     """
     m = microscope
-    return m.wavelength * m.mla_to_sensor / (2 * m.mla_pitch)
-
-
-def default_oversampling(microscope: Microscope) -> int:
-    """Samples per sensor pixel (per axis) that satisfy :func:`nyquist_spacing`."""
-    return max(1, math.ceil(microscope.pixel_size / nyquist_spacing(microscope) - 1e-9))
+    f_max = m.mla_pitch / (2 * m.wavelength * m.mla_focal_length) + m.image_side_na / m.wavelength
+    return 1.0 / (2.0 * f_max)
 
 
 @dataclass(frozen=True)
@@ -92,6 +89,15 @@ def geometric_blur_radius(microscope: Microscope, depth: float) -> float:
     m = microscope
     alpha = math.asin(m.numerical_aperture / m.medium_index)
     return m.magnification * abs(depth) * math.tan(alpha)
+
+
+def grid_sizes(
+    microscope: Microscope, nip_radius: int, oversampling: int, guard: int = 1
+) -> tuple[int, int]:
+    """(samples across the NIP window, FFT size) of :func:`sensor_images`."""
+    lens_samples = microscope.nnum * oversampling
+    n_nip = (2 * nip_radius + 1) * lens_samples
+    return n_nip, _fast_size(n_nip + 2 * guard * lens_samples)
 
 
 def _fast_size(n: int) -> int:
@@ -142,10 +148,8 @@ def sensor_images(
         window (≤ 1).
     """
     m = microscope
-    lens_samples = m.nnum * oversampling
     spacing = m.pixel_size / oversampling
-    n_nip = (2 * nip_radius + 1) * lens_samples
-    n_fft = _fast_size(n_nip + 2 * guard * lens_samples)
+    n_nip, n_fft = grid_sizes(m, nip_radius, oversampling, guard)
     cdtype = {"single": torch.complex64, "double": torch.complex128}[precision]
 
     f64 = dict(dtype=torch.float64, device=device)
