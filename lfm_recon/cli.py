@@ -78,6 +78,37 @@ def _cmd_psf(args: argparse.Namespace) -> None:
             print(f"wrote {args.figure}")
 
 
+def _cmd_simulate(args: argparse.Namespace) -> None:
+    from .data import simulate_dataset
+    from .psf import PSFBank
+
+    out = Path(args.output)
+    _check_output(out, args.overwrite)
+    bank = PSFBank.load(args.psf)
+    n_unlabeled = args.n if args.n_unlabeled is None else args.n_unlabeled
+    start = time.perf_counter()
+    data = simulate_dataset(
+        bank,
+        args.n,
+        n_unlabeled,
+        lenslets=(args.lenslets, args.lenslets),
+        photons=args.photons,
+        background=args.background,
+        read_noise=args.read_noise,
+        neuropil=args.neuropil,
+        processes=args.processes,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    data.save(out)
+    if not args.quiet:
+        print(
+            f"{args.n} paired and {n_unlabeled} unlabeled light fields of"
+            f" {args.lenslets}×{args.lenslets} lenslets ({data.simulation['n_neurons']}"
+            f" somata each) in {time.perf_counter() - start:.1f} s; wrote {out}"
+        )
+
+
 def _cmd_info(args: argparse.Namespace) -> None:
     target = args.target
     if target is None:
@@ -162,6 +193,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     p.set_defaults(func=_cmd_psf)
+
+    p = sub.add_parser("simulate", help="simulate a paired + unlabeled data set (HDF5)")
+    p.add_argument("--psf", required=True, help="PSF bank .h5 (lfm-recon psf)")
+    p.add_argument("--n", type=int, required=True, help="paired samples (volume + light field)")
+    p.add_argument(
+        "--n-unlabeled",
+        type=int,
+        default=None,
+        help="light fields without ground truth (default: as many as --n)",
+    )
+    p.add_argument("--lenslets", type=int, default=21, help="lenslets per side (default 21)")
+    p.add_argument(
+        "--photons",
+        type=float,
+        default=300.0,
+        help="photons at the brightest pixel of each light field (default 300)",
+    )
+    p.add_argument("--background", type=float, default=0.0, help="photons per pixel")
+    p.add_argument("--read-noise", type=float, default=0.0, help="std, photons")
+    p.add_argument(
+        "--neuropil",
+        type=float,
+        default=0.0,
+        help="smooth background relative to the brightest soma (e.g. 0.05)",
+    )
+    p.add_argument("--processes", type=int, default=0, help="thin processes per soma")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True, help="output .h5 file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("info", help="describe a PSF bank, a microscope file or a preset")
     p.add_argument(

@@ -18,6 +18,7 @@ so focal depths with small kernels do not pay for the defocused ones.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,13 +41,21 @@ class _Group:
     buffer: str
 
 
+COMPUTE_MODES = ("exact", "tf32", "bf16")
+
+
 class LightFieldOperator(nn.Module):
     """H and Hᵀ of a PSF bank as fixed convolutions.
 
     Args:
         bank: the PSF bank (kernels (D, s, s, K, K)).
-        dtype: float32 (default) or float64 for the weights and computation.
+        dtype: float32 (default) or float64 for the weights, inputs and outputs.
         device: where the weights live.
+        compute: ``"exact"`` (default: full precision in ``dtype``; on CUDA
+            TF32 is switched off, so the adjoint stays exact), ``"tf32"``
+            (CUDA tensor cores with TF32, ~1e-3 relative) or ``"bf16"``
+            (convolutions in bfloat16, ~1e-2 relative; inputs and outputs stay
+            ``dtype``). Both fast modes are meant for CUDA.
 
     Shapes: volumes (B, D, Yv, Xv) with Yv = ny·s, Xv = nx·s; light fields
     (B, 1, Y, X) with Y = ny·nnum, X = nx·nnum; ny, nx ≥ 1 lenslets. Light
@@ -62,12 +71,18 @@ class LightFieldOperator(nn.Module):
         bank: PSFBank,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        compute: str = "exact",
     ) -> None:
         super().__init__()
         if not isinstance(bank, PSFBank):
             raise LFMError(f"LightFieldOperator needs a PSFBank, got {type(bank).__name__}")
         if dtype not in (torch.float32, torch.float64):
             raise LFMError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        if compute not in COMPUTE_MODES:
+            raise LFMError(f"compute must be one of {COMPUTE_MODES}, got {compute!r}")
+        if compute != "exact" and dtype != torch.float32:
+            raise LFMError(f"compute={compute!r} needs dtype=torch.float32")
+        self.compute = compute
         self.n_depths = bank.n_depths
         self.voxels_per_lenslet = bank.voxels_per_lenslet
         self.nnum = bank.nnum
@@ -105,25 +120,96 @@ class LightFieldOperator(nn.Module):
 
     # --- H and Hᵀ ------------------------------------------------------------
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
-        """H: (B, D, Yv, Xv) volume → (B, 1, Y, X) light field."""
+        """H: (B, D, Yv, Xv) volume → (B, 1, Y, X) light field (differentiable
+        in the volume)."""
         self._check_volume(volume)
-        x = F.pixel_unshuffle(volume, self.voxels_per_lenslet)
+        x = self._to_compute(F.pixel_unshuffle(volume, self.voxels_per_lenslet))
         out = None
-        for g in self._groups:
-            w = getattr(self, g.buffer)
-            part = F.conv2d(x[:, g.start : g.stop], w, padding=g.radius)
-            out = part if out is None else out + part
-        return F.pixel_shuffle(out, self.nnum)
+        with _tf32(self.compute == "tf32"):
+            for g in self._groups:
+                part = F.conv2d(x[:, g.start : g.stop], self._weight(g), padding=g.radius)
+                out = part if out is None else out + part
+        return F.pixel_shuffle(out.to(volume.dtype), self.nnum)
 
     def adjoint(self, lightfield: torch.Tensor) -> torch.Tensor:
-        """Hᵀ: (B, 1, Y, X) light field → (B, D, Yv, Xv) volume."""
+        """Hᵀ: (B, 1, Y, X) light field → (B, D, Yv, Xv) volume (differentiable
+        in the light field)."""
         self._check_lightfield(lightfield)
-        y = F.pixel_unshuffle(lightfield, self.nnum)
-        parts = [
-            F.conv_transpose2d(y, getattr(self, g.buffer), padding=g.radius) for g in self._groups
-        ]
+        y = self._to_compute(F.pixel_unshuffle(lightfield, self.nnum))
+        with _tf32(self.compute == "tf32"):
+            parts = [F.conv_transpose2d(y, self._weight(g), padding=g.radius) for g in self._groups]
         x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        return F.pixel_shuffle(x, self.voxels_per_lenslet)
+        return F.pixel_shuffle(x.to(lightfield.dtype), self.voxels_per_lenslet)
+
+    def _weight(self, g: _Group) -> torch.Tensor:
+        w = getattr(self, g.buffer)
+        return w.to(torch.bfloat16) if self.compute == "bf16" else w
+
+    def _to_compute(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(torch.bfloat16) if self.compute == "bf16" else t
+
+    @property
+    def weight_bytes(self) -> int:
+        """Memory of the weights (all depth groups), bytes."""
+        return sum(getattr(self, g.buffer).nbytes for g in self._groups)
+
+    def flops(self, n_lenslets: tuple[int, int], batch: int = 1) -> int:
+        """Floating-point operations (2 per multiply-add) of one H or Hᵀ."""
+        ny, nx = n_lenslets
+        return sum(2 * batch * getattr(self, g.buffer).numel() * ny * nx for g in self._groups)
+
+    # --- camera simulation ---------------------------------------------------
+    def simulate(
+        self,
+        volume: torch.Tensor,
+        *,
+        photons: float | None = 300.0,
+        background: float = 0.0,
+        read_noise: float = 0.0,
+        offset: float = 0.0,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """A noisy camera light field of a volume.
+
+        y = Poisson(g·Hx + background) + Normal(0, read_noise²) + offset, with
+        the gain g per frame chosen so the brightest noiseless pixel of H x
+        receives ``photons`` photons. ``photons=None`` returns Hx +
+        background + offset without noise (g = 1).
+
+        Args:
+            volume: (B, D, Yv, Xv), non-negative.
+            photons: expected photons at the brightest pixel of each frame.
+            background: uniform background, photons per pixel (≥ 0).
+            read_noise: camera read noise, standard deviation in photons (≥ 0).
+            offset: camera baseline added last, counts.
+            seed: seed of a private generator (reproducible on one device).
+
+        Returns:
+            (B, 1, Y, X) light field in photon counts, the operator's dtype.
+        """
+        check_camera(photons, background, read_noise, offset)
+        self._check_volume(volume)
+        if volume.min() < 0:
+            raise LFMError("volume has negative values; fluorescence volumes are non-negative")
+        with torch.no_grad():
+            clean = self(volume)
+        if photons is None:
+            return clean + background + offset
+        peak = clean.amax(dim=(1, 2, 3), keepdim=True)
+        gain = torch.where(peak > 0, photons / peak.clamp_min(1e-30), torch.zeros_like(peak))
+        rate = clean * gain + background  # an empty frame gets background only
+        generator = torch.Generator(device=clean.device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        counts = torch.poisson(rate, generator=generator)
+        if read_noise > 0:
+            noise = torch.randn(
+                counts.shape, generator=generator, dtype=counts.dtype, device=counts.device
+            )
+            counts = counts + read_noise * noise
+        return counts + offset
 
     def norm(self) -> float:
         """‖H‖₂, the largest singular value, on an unbounded sensor (cached).
@@ -190,6 +276,28 @@ class LightFieldOperator(nn.Module):
             raise LFMError(f"{what} is on {t.device} but the operator on {self.device}")
         if not torch.isfinite(t).all():
             raise LFMError(f"{what} contains NaN or infinity")
+
+
+def check_camera(photons, background=0.0, read_noise=0.0, offset=0.0) -> None:
+    """Validate the camera model of :meth:`LightFieldOperator.simulate`."""
+    for name, value in (("background", background), ("read_noise", read_noise)):
+        if not math.isfinite(value) or value < 0:
+            raise LFMError(f"{name} must be a non-negative number of photons, got {value}")
+    if photons is not None and (not math.isfinite(photons) or photons <= 0):
+        raise LFMError(f"photons must be a positive number (or None for no noise), got {photons}")
+    if not math.isfinite(offset):
+        raise LFMError(f"offset must be finite, got {offset}")
+
+
+def _tf32(enabled: bool):
+    """cuDNN TF32 switched on or off for a block (PyTorch enables it by default
+    for convolutions, which would make "exact" only ~1e-3 accurate on GPUs)."""
+    return torch.backends.cudnn.flags(
+        enabled=torch.backends.cudnn.enabled,
+        benchmark=torch.backends.cudnn.benchmark,
+        deterministic=torch.backends.cudnn.deterministic,
+        allow_tf32=enabled,
+    )
 
 
 def _radius_runs(radii: np.ndarray) -> list[tuple[int, int, int]]:

@@ -69,7 +69,9 @@ def neurons(
         seed: random seed; the same arguments give the same phantom.
 
     Returns:
-        :class:`Phantom` with volume float32 (D, Yv, Xv).
+        :class:`Phantom` with volume float32 (D, Yv, Xv); each plane is the
+        mean density over its axial slab (halfway to its neighbours), each
+        voxel laterally the density at its centre.
     """
     depths = np.asarray(depths, dtype=np.float64)
     yv, xv = lateral_shape
@@ -82,11 +84,14 @@ def neurons(
     if not 0 < radius[0] <= radius[1] or not 0 <= brightness[0] <= brightness[1]:
         raise LFMError(f"radius {radius} and brightness {brightness} must be (min, max) ranges")
     rng = np.random.default_rng(seed)
-    z = depths
     y = (np.arange(yv) + 0.5) * voxel_size
     x = (np.arange(xv) + 0.5) * voxel_size
     extent = np.array(
-        [[z[0], z[-1]], [margin, yv * voxel_size - margin], [margin, xv * voxel_size - margin]]
+        [
+            [depths[0], depths[-1]],
+            [margin, yv * voxel_size - margin],
+            [margin, xv * voxel_size - margin],
+        ]
     )
     if np.any(extent[:, 1] < extent[:, 0]):
         raise LFMError(f"margin {margin} µm leaves no room in a {yv}×{xv} voxel volume")
@@ -95,11 +100,16 @@ def neurons(
     mean_r = rng.uniform(*radius, size=n_neurons)
     radii = mean_r[:, None] * rng.uniform(0.85, 1.15, size=(n_neurons, 3))
     peak = rng.uniform(*brightness, size=n_neurons)
+    # Each plane holds the mean density over its axial slab (so a soma between
+    # coarse planes is not lost): render k sub-planes per slab and average.
+    z, k = _axial_samples(depths, voxel_size)
     volume = np.zeros((z.size, yv, xv), dtype=np.float64)
+    tubes = np.zeros_like(volume)  # processes combine by maximum, not by sum
     for c, r, b in zip(centres, radii, peak, strict=True):
-        _add_ellipsoid(volume, (z, y, x), c, r, b, edge)
+        _draw_ellipsoid(volume, (z, y, x), c, r, b, edge, np.add)
         for _ in range(processes):
-            _add_process(volume, (z, y, x), c, r, 0.5 * b, process_radius, edge, rng)
+            _draw_process(tubes, (z, y, x), c, r, 0.5 * b, process_radius, edge, rng)
+    volume = (volume + tubes).reshape(depths.size, k, yv, xv).mean(axis=1)
     if neuropil > 0:
         noise = rng.random(volume.shape)
         sigma = (1.0, 3.0 / voxel_size, 3.0 / voxel_size)  # ~3 µm lateral texture
@@ -109,8 +119,26 @@ def neurons(
     return Phantom(volume.astype(np.float32), centres, radii, peak)
 
 
-def _add_ellipsoid(volume, axes, centre, radii, peak, edge):
-    """Add a soft ellipsoid within its bounding box (cheap for small somata)."""
+def _axial_samples(depths: np.ndarray, voxel_size: float) -> tuple[np.ndarray, int]:
+    """k sub-plane positions per plane, evenly across each plane's slab (its
+    edges halfway to the neighbouring planes), k ≈ slab / lateral voxel."""
+    if depths.size == 1:
+        return depths.copy(), 1
+    edges = np.concatenate(
+        [
+            [1.5 * depths[0] - 0.5 * depths[1]],
+            (depths[1:] + depths[:-1]) / 2,
+            [1.5 * depths[-1] - 0.5 * depths[-2]],
+        ]
+    )
+    k = int(min(16, max(1, np.ceil(np.diff(edges).max() / voxel_size))))
+    frac = (np.arange(k) + 0.5) / k
+    z = edges[:-1, None] + np.diff(edges)[:, None] * frac[None, :]
+    return np.sort(z.ravel()), k
+
+
+def _draw_ellipsoid(volume, axes, centre, radii, peak, edge, combine):
+    """Combine a soft ellipsoid into its bounding box (cheap for small ones)."""
     boxes = []
     for ax, c, r in zip(axes, centre, radii, strict=True):
         lo = np.searchsorted(ax, c - r - 3 * edge)
@@ -125,10 +153,13 @@ def _add_ellipsoid(volume, axes, centre, radii, peak, edge):
         + (dx[None, None, :] / radii[2]) ** 2
     )
     mean_r = float(np.mean(radii))
-    volume[tuple(boxes)] += peak / (1 + np.exp((rho - 1) * mean_r / (edge / 4)))
+    # logistic edge: 10 % → 90 % over about ``edge`` µm
+    shape = peak / (1 + np.exp(np.clip((rho - 1) * mean_r * 4.4 / edge, -50, 50)))
+    box = tuple(boxes)
+    volume[box] = combine(volume[box], shape)
 
 
-def _add_process(volume, axes, centre, radii, peak, tube, edge, rng):
+def _draw_process(volume, axes, centre, radii, peak, tube, edge, rng):
     """A smooth random path from the soma surface, drawn as small spheres."""
     direction = rng.normal(size=3)
     direction[0] *= 0.3  # processes run mostly laterally
@@ -136,7 +167,7 @@ def _add_process(volume, axes, centre, radii, peak, tube, edge, rng):
     pos = centre + direction * radii
     step = tube
     for _ in range(int(rng.uniform(15.0, 40.0) / step)):
-        _add_ellipsoid(volume, axes, pos, np.full(3, tube), peak, min(edge, tube / 2))
+        _draw_ellipsoid(volume, axes, pos, np.full(3, tube), peak, min(edge, tube), np.maximum)
         direction += rng.normal(scale=0.15, size=3)
         direction /= np.linalg.norm(direction)
         pos = pos + step * direction
