@@ -13,6 +13,15 @@ except PackageNotFoundError:  # running from a source tree without install
 
 from .errors import LFMError
 from .microscope import Microscope, list_presets
+from .operator import LightFieldOperator
 from .psf import PSFBank, generate_psf
 
-__all__ = ["LFMError", "Microscope", "PSFBank", "__version__", "generate_psf", "list_presets"]
+__all__ = [
+    "LFMError",
+    "LightFieldOperator",
+    "Microscope",
+    "PSFBank",
+    "__version__",
+    "generate_psf",
+    "list_presets",
+]
