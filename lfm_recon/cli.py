@@ -19,9 +19,6 @@ from .errors import LFMError
 from .microscope import Microscope, list_presets
 from .psf.generate import DEFAULT_ENERGY
 
-DEMO_PRESET = "reference"
-DEMO_DEPTHS = "-50:50:11"
-DEMO_VOXELS = 5
 _RANGE_OPTIONS = ("--depths",)  # values such as "-50:50:11" start with "-"
 
 
@@ -126,21 +123,35 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from .figures import plot_psf_bank
-    from .psf import generate_psf
+    from .data import SAMPLE_PRESET, cache_dir, sample
+    from .figures import plot_psf_bank, plot_volume_and_lightfield
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    microscope = Microscope.preset(DEMO_PRESET)
-    print(f"Demo: light-field PSF of the '{DEMO_PRESET}' preset")
-    print(microscope.describe())
+    print(f"Demo on the embedded default (the '{SAMPLE_PRESET}' microscope):")
+    print(Microscope.preset(SAMPLE_PRESET).describe())
     start = time.perf_counter()
-    bank = generate_psf(microscope, parse_depths(DEMO_DEPTHS), DEMO_VOXELS, progress=True)
-    elapsed = time.perf_counter() - start
+    bank, data = sample(progress=True)
+    print(
+        f"PSF bank and sample data ready in {time.perf_counter() - start:.1f} s"
+        f" (cached in {cache_dir()})"
+    )
+    print(bank.summary())
     bank.save(out / "psf.h5")
     plot_psf_bank(bank, out / "psf.png")
-    print(bank.summary())
-    print(f"computed in {elapsed:.2f} s; wrote {out / 'psf.h5'} and {out / 'psf.png'}")
+    plot_volume_and_lightfield(
+        data.volumes[0],
+        data.lightfields[0],
+        bank.voxel_size,
+        out / "sample.png",
+        title=f"simulated neurons and their light field ({data.simulation['photons']:g}"
+        " photons peak)",
+    )
+    print(
+        f"{len(data.volumes)} paired and {len(data.unlabeled)} unlabeled light fields of"
+        f" {data.lightfields.shape[-1]}×{data.lightfields.shape[-2]} px"
+    )
+    print(f"wrote {out / 'psf.h5'}, {out / 'psf.png'} and {out / 'sample.png'}")
 
 
 def _check_output(path: Path, overwrite: bool) -> None:

@@ -58,3 +58,46 @@ def plot_psf_bank(bank: PSFBank, path: str | Path, n_depths: int = 5, gamma: flo
     path = Path(path)
     fig.savefig(path)
     return path
+
+
+def plot_volume_and_lightfield(
+    volume: np.ndarray,
+    lightfield: np.ndarray,
+    voxel_size: tuple[float, float],
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Save maximum projections of a volume (xy, xz) beside its light field.
+
+    Args:
+        volume: (D, Yv, Xv).
+        lightfield: (Y, X) or (1, Y, X).
+        voxel_size: (lateral, axial) µm, for the aspect of the xz projection.
+        path: output PNG path.
+        title: figure title.
+
+    Returns:
+        The path written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    lateral, axial = voxel_size
+    fig = Figure(figsize=(12, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
+    axes[0].imshow(volume.max(axis=0), cmap="magma")
+    axes[0].set_title("volume, max over z (xy)")
+    axes[1].imshow(volume.max(axis=1), cmap="magma", aspect=(axial or lateral) / lateral)
+    axes[1].set_title("volume, max over y (xz)")
+    axes[2].imshow(np.squeeze(lightfield), cmap="gray")
+    axes[2].set_title("light field")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path

@@ -140,3 +140,13 @@ def test_console_script_runs_in_a_subprocess(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("lfm-recon: error: energy must be a fraction")
     assert "Traceback" not in result.stderr
+
+
+def test_demo_writes_its_outputs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LFM_RECON_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out)]) == 0
+    for name in ("psf.h5", "psf.png", "sample.png"):
+        assert (out / name).stat().st_size > 0
+    assert PSFBank.load(out / "psf.h5").voxels_per_lenslet == 5
+    assert "16 paired" in capsys.readouterr().out
