@@ -16,6 +16,8 @@ a dense square float32 matmul of the same FLOPs timed in the same run (goal
 memory and the peak memory of one frame.
 
     python benchmarks/bench_operator.py [--device cuda] [--only reference] [--json out.json]
+
+Run from the repository root (the memory probe imports ``benchmarks``).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def _matmul_rate(flops, device, repeat):
 
 
 def _tap_shares(op):
-    weights = [getattr(op, g.buffer) for g in op._groups]
+    weights = [getattr(op, g.weight) for g in op._groups]
     total = sum(w.numel() for w in weights)
     nonzero = sum(int((w != 0).sum()) for w in weights)
     # "significant": above 1e-4 of the peak of the kernel the tap belongs to
@@ -81,9 +83,8 @@ def _bank(name):
     return generate_psf(Microscope.preset(cfg["preset"]), cfg["depths"], cfg["s"])
 
 
-def run(name, device, repeat, batches=(1, 8)):
+def run(name, bank, device, repeat, batches=(1, 8)):
     cfg = CONFIGS[name]
-    bank = _bank(name)
     op = LightFieldOperator(bank, device=device)
     n = cfg["lenslets"]
     flops = op.flops((n, n))
@@ -119,11 +120,10 @@ def run(name, device, repeat, batches=(1, 8)):
     return rows
 
 
-def peak_frame_memory(name, device):
+def peak_frame_memory(name, bank, device):
     """Peak memory (MiB) one H + Hᵀ of a single frame adds: CUDA allocator
     peak, or on CPU a fresh process's VmHWM growth beyond weights and input."""
     if device.type == "cuda":
-        bank = _bank(name)
         op = LightFieldOperator(bank, device=device)
         n = CONFIGS[name]["lenslets"]
         x = torch.rand(1, *op.volume_shape((n, n)), device=device)
@@ -137,7 +137,7 @@ def peak_frame_memory(name, device):
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = _bank(name).save(f"{tmp}/bank.h5")
+        path = bank.save(f"{tmp}/bank.h5")
         code = (
             "import sys, gc, torch\n"
             "from benchmarks.bench_operator import CONFIGS\n"
@@ -173,8 +173,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {name_dev}")
     results = []
     for name in [args.only] if args.only else list(CONFIGS):
-        rows = run(name, device, args.repeat if name == "reference" else max(3, args.repeat // 3))
-        mem = peak_frame_memory(name, device)
+        bank = _bank(name)
+        repeat = args.repeat if name == "reference" else max(3, args.repeat // 3)
+        rows = run(name, bank, device, repeat)
+        mem = peak_frame_memory(name, bank, device)
         for row in rows:
             row["peak_frame_mib"] = mem
             results.append(row)

@@ -6,6 +6,8 @@ File layout (format ``lfm_recon.dataset`` version 1):
     volumes      float32 (N, D, Yv, Xv)  ground truth, one chunk per sample
     lightfields  float32 (N, 1, Y, X)    their noisy light fields (photons)
     unlabeled    float32 (M, 1, Y, X)    light fields of other phantoms
+    gains        float64 (N + M,)        photons per unit of H x of each light field:
+                                         y ≈ Poisson(gain·H x + background)
     somata       float64 (S, 8)          sample, z, y, x, rz, ry, rx (µm), brightness
     attrs        format, format_version, psf_sha256, microscope (JSON),
                  depths (µm), voxel_size (lateral µm), simulation (JSON)
@@ -38,7 +40,7 @@ SAMPLE_PRESET = "reference"
 SAMPLE_DEPTHS = np.linspace(-50.0, 50.0, 11)
 SAMPLE_VOXELS = 5
 SAMPLE_LENSLETS = (21, 21)
-SAMPLE_VERSION = 1  # bump when the sample's recipe changes
+SAMPLE_VERSION = 2  # bump when the sample's recipe changes
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,6 +51,9 @@ class SimulatedData:
         volumes: float32 (N, D, Yv, Xv) ground-truth volumes.
         lightfields: float32 (N, 1, Y, X) their camera light fields (photons).
         unlabeled: float32 (M, 1, Y, X) light fields without ground truth.
+        gains: float64 (N + M,) gain of each light field (paired first):
+            y ≈ Poisson(gain · H x + background), so a reconstruction of
+            ``lightfields[i]`` in photon units is ``gains[i] · volumes[i]``.
         somata: float64 (S, 8): sample index, centre z, y, x and semi-axes
             rz, ry, rx in µm, brightness.
         psf_sha256: content hash of the PSF bank used.
@@ -61,6 +66,7 @@ class SimulatedData:
     volumes: np.ndarray
     lightfields: np.ndarray
     unlabeled: np.ndarray
+    gains: np.ndarray
     somata: np.ndarray
     psf_sha256: str
     microscope: Microscope
@@ -86,6 +92,7 @@ class SimulatedData:
                     chunks = (1, *data.shape[1:]) if len(data) else None
                     f.create_dataset(name, data=data, chunks=chunks)
                 f.create_dataset("somata", data=self.somata)
+                f.create_dataset("gains", data=self.gains)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -107,11 +114,17 @@ class SimulatedData:
                 raise LFMError(
                     f"{path} is not an lfm_recon data set; make one with `lfm-recon simulate`"
                 )
+            version = f.attrs.get("format_version")
+            if not isinstance(version, (int, np.integer)) or version < 1:
+                raise LFMError(f"{path} is a damaged data file (format_version {version!r})")
+            if version > FORMAT_VERSION:
+                raise LFMError(f"{path} has data format {version}: upgrade lfm_recon")
             try:
                 return cls(
                     volumes=f["volumes"][...],
                     lightfields=f["lightfields"][...],
                     unlabeled=f["unlabeled"][...],
+                    gains=f["gains"][...],
                     somata=f["somata"][...],
                     psf_sha256=str(f.attrs["psf_sha256"]),
                     microscope=Microscope.from_dict(json.loads(f.attrs["microscope"])),
@@ -152,9 +165,10 @@ def simulate_dataset(
             :meth:`LightFieldOperator.simulate`.
         density: somata per mm³ of the imaged volume.
         neuropil, processes: passed to :func:`lfm_recon.phantoms.neurons`.
-        seed: sample i uses phantom seed ``seed + i`` and noise seed
-            ``seed + i`` too; the set is reproducible.
-        batch: light fields simulated per operator call.
+        seed: the set is reproducible from it; sample i draws from
+            ``SeedSequence([seed, i])``, so sets with different seeds share
+            no sample.
+        batch: phantoms made and projected per step (bounds memory).
         progress: show a progress bar.
 
     Returns:
@@ -172,14 +186,15 @@ def simulate_dataset(
     op = LightFieldOperator(bank)
     lateral = bank.voxel_size[0]
     d, yv, xv = op.volume_shape((ny, nx))
-    extent_um3 = (np.ptp(bank.depths) + 2 * lateral) * yv * xv * lateral**2
+    extent_um3 = max(np.ptp(bank.depths), lateral) * yv * xv * lateral**2  # where somata go
     n_neurons = max(1, round(density * extent_um3 * 1e-9))
-    volumes, lightfields, somata = [], [], []
+    volumes, lightfields, gains, somata = [], [], [], []
     total = n_paired + n_unlabeled
     for start in tqdm(
         range(0, total, batch), desc="simulate", unit="batch", disable=not progress, leave=False
     ):
         stop = min(total, start + batch)
+        seeds = [np.random.SeedSequence([seed, i]).generate_state(2) for i in range(start, stop)]
         phantoms = [
             neurons(
                 bank.depths,
@@ -188,23 +203,30 @@ def simulate_dataset(
                 n_neurons=n_neurons,
                 neuropil=neuropil,
                 processes=processes,
-                seed=seed + i,
+                seed=int(pair[0]),
             )
-            for i in range(start, stop)
+            for pair in seeds
         ]
         vol = torch.from_numpy(np.stack([p.volume for p in phantoms]))
+        gain = (
+            op.peak_gain(vol, photons)
+            if photons is not None
+            else torch.ones(len(phantoms), dtype=vol.dtype)
+        )
         lf = torch.cat(
             [
                 op.simulate(
                     vol[j : j + 1],
                     photons=photons,
+                    gain=gain[j : j + 1] if photons else None,
                     background=background,
                     read_noise=read_noise,
-                    seed=seed + start + j,
+                    seed=int(pair[1]),
                 )
-                for j in range(len(phantoms))
+                for j, pair in enumerate(seeds)
             ]
         )
+        gains.extend(gain.tolist())
         for j, p in enumerate(phantoms):
             i = start + j
             if i < n_paired:
@@ -219,6 +241,7 @@ def simulate_dataset(
         volumes=np.stack(volumes) if volumes else empty_vol,
         lightfields=lightfields[:n_paired],
         unlabeled=lightfields[n_paired:],
+        gains=np.array(gains, dtype=np.float64),
         somata=np.array(somata, dtype=np.float64).reshape(-1, 8),
         psf_sha256=bank.sha256,
         microscope=bank.microscope,

@@ -12,13 +12,16 @@ kernel block m' = ky // nnum lands m' − R lenslets away, and conv2d
 (a cross-correlation) reads the input at offset m − R, so m = 2R − m'.
 The adjoint is conv_transpose2d with the same weight, exactly.
 
-Depths are grouped by kernel radius, each group with its own (smaller) weight,
-so focal depths with small kernels do not pay for the defocused ones.
+Depths are grouped by kernel radius (wherever they sit in z), each group with
+its own weight, so focal depths with small kernels do not pay for defocused
+ones. H and Hᵀ are autograd Functions whose backward passes are Hᵀ and H, so
+gradients are exact and run in the same precision as the forward pass.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,19 +32,19 @@ from torch import nn
 from .errors import LFMError
 from .psf.bank import PSFBank
 
+COMPUTE_MODES = ("exact", "tf32", "bf16")
+
 
 @dataclass(frozen=True)
 class _Group:
-    """Depths sharing one kernel radius: channels [start, stop) of the
-    unshuffled volume and the name of their weight buffer."""
+    """Depths sharing one kernel radius. ``channels`` is their slice of the
+    unshuffled volume when contiguous, else None and ``index`` names a buffer
+    of channel indices."""
 
-    start: int
-    stop: int
     radius: int
-    buffer: str
-
-
-COMPUTE_MODES = ("exact", "tf32", "bf16")
+    weight: str
+    channels: slice | None
+    index: str | None
 
 
 class LightFieldOperator(nn.Module):
@@ -49,21 +52,24 @@ class LightFieldOperator(nn.Module):
 
     Args:
         bank: the PSF bank (kernels (D, s, s, K, K)).
-        dtype: float32 (default) or float64 for the weights, inputs and outputs.
+        dtype: float32 (default) or float64 for inputs, outputs and weights.
         device: where the weights live.
         compute: ``"exact"`` (default: full precision in ``dtype``; on CUDA
             TF32 is switched off, so the adjoint stays exact), ``"tf32"``
             (CUDA tensor cores with TF32, ~1e-3 relative) or ``"bf16"``
-            (convolutions in bfloat16, ~1e-2 relative; inputs and outputs stay
+            (convolutions in bfloat16, ~1e-2 relative, results summed in
             ``dtype``). Both fast modes are meant for CUDA.
+        check_inputs: check every input for NaN/Inf (a device sync on CUDA).
+            Solvers that check their data once may switch it off for speed.
 
     Shapes: volumes (B, D, Yv, Xv) with Yv = ny·s, Xv = nx·s; light fields
     (B, 1, Y, X) with Y = ny·nnum, X = nx·nnum; ny, nx ≥ 1 lenslets. Light
     that a kernel sends beyond the sensor's edge is lost (zero padding).
 
-    The weights are buffers: never trained, moved by ``.to()``, saved in
-    ``state_dict``. Applying the operator never changes it (``norm()`` caches
-    its value).
+    The weights are non-persistent buffers (derived from the bank, moved by
+    ``.to()``); a ``state_dict`` holds only the bank's hash, and loading one
+    saved with another bank is an error. Applying the operator never changes
+    it.
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class LightFieldOperator(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         compute: str = "exact",
+        check_inputs: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(bank, PSFBank):
@@ -83,22 +90,41 @@ class LightFieldOperator(nn.Module):
         if compute != "exact" and dtype != torch.float32:
             raise LFMError(f"compute={compute!r} needs dtype=torch.float32")
         self.compute = compute
+        self.check_inputs = check_inputs
+        self.dtype = dtype
         self.n_depths = bank.n_depths
         self.voxels_per_lenslet = bank.voxels_per_lenslet
         self.nnum = bank.nnum
         self.bank_sha256 = bank.sha256
         self.depths = tuple(float(z) for z in bank.depths)
-        self._norm: float | None = None
         s2 = self.voxels_per_lenslet**2
-        groups = []
-        for i, (start, stop, radius) in enumerate(_radius_runs(bank.radii)):
-            weight = _polyphase_weight(bank, start, stop, radius)
+        store = torch.bfloat16 if compute == "bf16" else dtype
+        groups, summed = [], []
+        for i, radius in enumerate(sorted(set(bank.radii.tolist()))):
+            depths = np.flatnonzero(bank.radii == radius)
+            weight = _polyphase_weight(bank, depths, radius)
+            summed.append(weight.astype(np.float64).sum(axis=(2, 3)))
+            channels = (depths[:, None] * s2 + np.arange(s2)).ravel()
+            contiguous = np.array_equal(channels, np.arange(channels[0], channels[-1] + 1))
             name = f"weight_{i}"
-            self.register_buffer(name, torch.as_tensor(weight, dtype=dtype, device=device))
-            groups.append(_Group(start * s2, stop * s2, radius, name))
+            self.register_buffer(
+                name, torch.as_tensor(weight, device=device).to(store), persistent=False
+            )
+            index = None
+            if not contiguous:
+                index = f"channels_{i}"
+                self.register_buffer(
+                    index, torch.as_tensor(channels, device=device), persistent=False
+                )
+            span = slice(int(channels[0]), int(channels[-1]) + 1) if contiguous else None
+            groups.append(_Group(int(radius), name, span, index))
         self._groups = tuple(groups)
+        # ‖H‖₂: H is a multi-channel convolution with non-negative weights, so
+        # |Ŵ(ω)| ≤ Ŵ(0) entrywise and, the spectral norm being monotone on
+        # non-negative matrices, sup_ω σ_max(Ŵ(ω)) = σ_max(Ŵ(0)).
+        self._norm = float(np.linalg.norm(np.concatenate(summed, axis=1), ord=2))
 
-    # --- shapes ------------------------------------------------------------
+    # --- shapes and sizes ------------------------------------------------------
     def volume_shape(self, n_lenslets: tuple[int, int]) -> tuple[int, int, int]:
         """(D, Yv, Xv) of a volume for (ny, nx) lenslets."""
         ny, nx = n_lenslets
@@ -111,59 +137,98 @@ class LightFieldOperator(nn.Module):
         return 1, ny * self.nnum, nx * self.nnum
 
     @property
-    def dtype(self) -> torch.dtype:
-        return getattr(self, self._groups[0].buffer).dtype
-
-    @property
     def device(self) -> torch.device:
-        return getattr(self, self._groups[0].buffer).device
-
-    # --- H and Hᵀ ------------------------------------------------------------
-    def forward(self, volume: torch.Tensor) -> torch.Tensor:
-        """H: (B, D, Yv, Xv) volume → (B, 1, Y, X) light field (differentiable
-        in the volume)."""
-        self._check_volume(volume)
-        x = self._to_compute(F.pixel_unshuffle(volume, self.voxels_per_lenslet))
-        out = None
-        with _tf32(self.compute == "tf32"):
-            for g in self._groups:
-                part = F.conv2d(x[:, g.start : g.stop], self._weight(g), padding=g.radius)
-                out = part if out is None else out + part
-        return F.pixel_shuffle(out.to(volume.dtype), self.nnum)
-
-    def adjoint(self, lightfield: torch.Tensor) -> torch.Tensor:
-        """Hᵀ: (B, 1, Y, X) light field → (B, D, Yv, Xv) volume (differentiable
-        in the light field)."""
-        self._check_lightfield(lightfield)
-        y = self._to_compute(F.pixel_unshuffle(lightfield, self.nnum))
-        with _tf32(self.compute == "tf32"):
-            parts = [F.conv_transpose2d(y, self._weight(g), padding=g.radius) for g in self._groups]
-        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        return F.pixel_shuffle(x.to(lightfield.dtype), self.voxels_per_lenslet)
-
-    def _weight(self, g: _Group) -> torch.Tensor:
-        w = getattr(self, g.buffer)
-        return w.to(torch.bfloat16) if self.compute == "bf16" else w
-
-    def _to_compute(self, t: torch.Tensor) -> torch.Tensor:
-        return t.to(torch.bfloat16) if self.compute == "bf16" else t
+        return getattr(self, self._groups[0].weight).device
 
     @property
     def weight_bytes(self) -> int:
         """Memory of the weights (all depth groups), bytes."""
-        return sum(getattr(self, g.buffer).nbytes for g in self._groups)
+        return sum(getattr(self, g.weight).nbytes for g in self._groups)
 
     def flops(self, n_lenslets: tuple[int, int], batch: int = 1) -> int:
         """Floating-point operations (2 per multiply-add) of one H or Hᵀ."""
         ny, nx = n_lenslets
-        return sum(2 * batch * getattr(self, g.buffer).numel() * ny * nx for g in self._groups)
+        return sum(2 * batch * getattr(self, g.weight).numel() * ny * nx for g in self._groups)
 
-    # --- camera simulation ---------------------------------------------------
+    def norm(self) -> float:
+        """‖H‖₂, the largest singular value, on an unbounded sensor.
+
+        Exact for the non-negative kernels of a PSF bank: σ_max of the
+        (nnum², D·s²) matrix of summed taps. Zero padding only lowers it, so
+        it bounds H on any finite field and is tight for large ones (tested
+        against power iteration): 1/‖H‖² is a safe gradient step everywhere.
+        """
+        return self._norm
+
+    # --- H and Hᵀ --------------------------------------------------------------
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        """H: (B, D, Yv, Xv) volume → (B, 1, Y, X) light field (differentiable)."""
+        self._check_volume(volume)
+        return _Forward.apply(volume, self)
+
+    def adjoint(self, lightfield: torch.Tensor) -> torch.Tensor:
+        """Hᵀ: (B, 1, Y, X) light field → (B, D, Yv, Xv) volume (differentiable)."""
+        self._check_lightfield(lightfield)
+        return _Adjoint.apply(lightfield, self)
+
+    def _h(self, volume: torch.Tensor) -> torch.Tensor:
+        x = F.pixel_unshuffle(volume, self.voxels_per_lenslet)
+        out = None
+        with self._precision():
+            for g in self._groups:
+                part = F.conv2d(
+                    self._compute(self._take(x, g)), getattr(self, g.weight), padding=g.radius
+                ).to(volume.dtype)
+                out = part if out is None else out + part
+        return F.pixel_shuffle(out, self.nnum)
+
+    def _ht(self, lightfield: torch.Tensor) -> torch.Tensor:
+        y = self._compute(F.pixel_unshuffle(lightfield, self.nnum))
+        b, _, ny, nx = y.shape
+        full = self.n_depths * self.voxels_per_lenslet**2
+        out = None
+        with self._precision():
+            for g in self._groups:
+                part = F.conv_transpose2d(y, getattr(self, g.weight), padding=g.radius)
+                part = part.to(lightfield.dtype)
+                if g.channels == slice(0, full):
+                    out = part
+                    continue
+                if out is None:
+                    out = lightfield.new_zeros((b, full, ny, nx))
+                if g.channels is not None:
+                    out[:, g.channels] = part
+                else:
+                    out = out.index_copy(1, getattr(self, g.index), part)
+        return F.pixel_shuffle(out, self.voxels_per_lenslet)
+
+    def _take(self, x: torch.Tensor, g: _Group) -> torch.Tensor:
+        if g.channels is not None:
+            return x[:, g.channels]
+        return x.index_select(1, getattr(self, g.index))
+
+    def _compute(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(torch.bfloat16) if self.compute == "bf16" else t
+
+    def _precision(self):
+        if self.device.type != "cuda":
+            return nullcontext()
+        return _cudnn_tf32(self.compute == "tf32")
+
+    # --- camera simulation -----------------------------------------------------
+    def peak_gain(self, volume: torch.Tensor, photons: float) -> torch.Tensor:
+        """(B,) gains g that put ``photons`` at the brightest pixel of g·H x
+        (0 for an empty frame)."""
+        with torch.no_grad():
+            peak = self(volume).amax(dim=(1, 2, 3))
+        return torch.where(peak > 0, photons / peak.clamp_min(1e-30), torch.zeros_like(peak))
+
     def simulate(
         self,
         volume: torch.Tensor,
         *,
         photons: float | None = 300.0,
+        gain: torch.Tensor | float | None = None,
         background: float = 0.0,
         read_noise: float = 0.0,
         offset: float = 0.0,
@@ -171,21 +236,23 @@ class LightFieldOperator(nn.Module):
     ) -> torch.Tensor:
         """A noisy camera light field of a volume.
 
-        y = Poisson(g·Hx + background) + Normal(0, read_noise²) + offset, with
-        the gain g per frame chosen so the brightest noiseless pixel of H x
-        receives ``photons`` photons. ``photons=None`` returns Hx +
-        background + offset without noise (g = 1).
+        y = Poisson(g·Hx + background) + Normal(0, read_noise²) + offset.
+        The gain g (photons per unit of H x) is ``gain`` if given, else
+        :meth:`peak_gain` with ``photons`` per frame. With ``photons=None``
+        and no gain the result is noise-free: H x + background + offset.
 
         Args:
             volume: (B, D, Yv, Xv), non-negative.
             photons: expected photons at the brightest pixel of each frame.
+            gain: fixed gain, a number or (B,) tensor (overrides ``photons``).
             background: uniform background, photons per pixel (≥ 0).
             read_noise: camera read noise, standard deviation in photons (≥ 0).
             offset: camera baseline added last, counts.
             seed: seed of a private generator (reproducible on one device).
 
         Returns:
-            (B, 1, Y, X) light field in photon counts, the operator's dtype.
+            (B, 1, Y, X) in the operator's dtype: photon counts plus read
+            noise and offset.
         """
         check_camera(photons, background, read_noise, offset)
         self._check_volume(volume)
@@ -193,11 +260,14 @@ class LightFieldOperator(nn.Module):
             raise LFMError("volume has negative values; fluorescence volumes are non-negative")
         with torch.no_grad():
             clean = self(volume)
-        if photons is None:
+        if gain is None and photons is None:
             return clean + background + offset
-        peak = clean.amax(dim=(1, 2, 3), keepdim=True)
-        gain = torch.where(peak > 0, photons / peak.clamp_min(1e-30), torch.zeros_like(peak))
-        rate = clean * gain + background  # an empty frame gets background only
+        if gain is None:
+            gain = self.peak_gain(volume, photons)
+        gain = torch.as_tensor(gain, dtype=clean.dtype, device=clean.device)
+        if not torch.isfinite(gain).all() or gain.min() < 0:
+            raise LFMError("gain must be finite and non-negative")
+        rate = clean * gain.reshape(-1, 1, 1, 1) + background
         generator = torch.Generator(device=clean.device)
         if seed is None:
             generator.seed()
@@ -211,30 +281,25 @@ class LightFieldOperator(nn.Module):
             counts = counts + read_noise * noise
         return counts + offset
 
-    def norm(self) -> float:
-        """‖H‖₂, the largest singular value, on an unbounded sensor (cached).
+    # --- state -----------------------------------------------------------------
+    def get_extra_state(self) -> dict:
+        return {"bank_sha256": self.bank_sha256}
 
-        H is a multi-channel convolution with non-negative weights, so its
-        transfer matrix obeys |Ŵ(ω)| ≤ Ŵ(0) entrywise and, for non-negative
-        matrices, the spectral norm grows with the entries: the supremum over
-        frequencies is σ_max(Ŵ(0)), the SVD of the (nnum², D·s²) matrix of
-        summed taps. Zero padding only lowers it, so this bounds H on any
-        finite field and is tight for large ones (tested against power
-        iteration). 1/‖H‖² is thus a safe gradient step everywhere.
-        """
-        if self._norm is None:
-            dc = torch.cat(
-                [getattr(self, g.buffer).double().sum(dim=(2, 3)) for g in self._groups], dim=1
+    def set_extra_state(self, state: dict) -> None:
+        saved = state.get("bank_sha256") if isinstance(state, dict) else None
+        if saved != self.bank_sha256:
+            raise LFMError(
+                f"this state was saved with PSF bank {str(saved)[:12]}… but the operator"
+                f" uses PSF bank {self.bank_sha256[:12]}…; load it with the PSF bank it"
+                " was made for"
             )
-            self._norm = float(torch.linalg.matrix_norm(dc.cpu(), ord=2))
-        return self._norm
 
-    # --- checks --------------------------------------------------------------
+    # --- checks ----------------------------------------------------------------
     def _check_volume(self, v: torch.Tensor) -> None:
         s, d = self.voxels_per_lenslet, self.n_depths
         if not isinstance(v, torch.Tensor) or v.ndim != 4:
             raise LFMError(
-                f"volume must be a (B, D, Yv, Xv) tensor, got"
+                "volume must be a (B, D, Yv, Xv) tensor, got"
                 f" {tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}"
             )
         if v.shape[1] != d:
@@ -254,7 +319,7 @@ class LightFieldOperator(nn.Module):
         n = self.nnum
         if not isinstance(y, torch.Tensor) or y.ndim != 4 or y.shape[1] != 1:
             raise LFMError(
-                f"light field must be a (B, 1, Y, X) tensor, got"
+                "light field must be a (B, 1, Y, X) tensor, got"
                 f" {tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}"
             )
         if y.shape[2] % n or y.shape[3] % n or y.shape[2] == 0 or y.shape[3] == 0:
@@ -267,6 +332,8 @@ class LightFieldOperator(nn.Module):
         self._check_tensor(y, "light field")
 
     def _check_tensor(self, t: torch.Tensor, what: str) -> None:
+        if t.shape[0] == 0:
+            raise LFMError(f"{what} batch is empty (B = 0)")
         if t.dtype != self.dtype:
             raise LFMError(
                 f"{what} is {t.dtype} but the operator is {self.dtype}; convert with"
@@ -274,8 +341,32 @@ class LightFieldOperator(nn.Module):
             )
         if t.device != self.device:
             raise LFMError(f"{what} is on {t.device} but the operator on {self.device}")
-        if not torch.isfinite(t).all():
+        if self.check_inputs and not torch.isfinite(t).all():
             raise LFMError(f"{what} contains NaN or infinity")
+
+
+class _Forward(torch.autograd.Function):
+    """y = H x; its backward is Hᵀ (and Hᵀ's is H, so double backward works)."""
+
+    @staticmethod
+    def forward(ctx, x, op):
+        ctx.op = op
+        return op._h(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _Adjoint.apply(grad.contiguous(), ctx.op), None
+
+
+class _Adjoint(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, op):
+        ctx.op = op
+        return op._ht(y)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _Forward.apply(grad.contiguous(), ctx.op), None
 
 
 def check_camera(photons, background=0.0, read_noise=0.0, offset=0.0) -> None:
@@ -289,38 +380,28 @@ def check_camera(photons, background=0.0, read_noise=0.0, offset=0.0) -> None:
         raise LFMError(f"offset must be finite, got {offset}")
 
 
-def _tf32(enabled: bool):
-    """cuDNN TF32 switched on or off for a block (PyTorch enables it by default
-    for convolutions, which would make "exact" only ~1e-3 accurate on GPUs)."""
-    return torch.backends.cudnn.flags(
-        enabled=torch.backends.cudnn.enabled,
-        benchmark=torch.backends.cudnn.benchmark,
-        deterministic=torch.backends.cudnn.deterministic,
-        allow_tf32=enabled,
-    )
+@contextmanager
+def _cudnn_tf32(enabled: bool):
+    """cuDNN TF32 on or off for a block. PyTorch enables it by default for
+    convolutions, which would make "exact" only ~1e-3 accurate on GPUs."""
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
 
 
-def _radius_runs(radii: np.ndarray) -> list[tuple[int, int, int]]:
-    """Contiguous runs of depths with equal radius: (start, stop, radius)."""
-    runs = []
-    start = 0
-    for d in range(1, len(radii) + 1):
-        if d == len(radii) or radii[d] != radii[start]:
-            runs.append((start, d, int(radii[start])))
-            start = d
-    return runs
-
-
-def _polyphase_weight(bank: PSFBank, start: int, stop: int, radius: int) -> np.ndarray:
-    """(nnum², (stop−start)·s², 2R+1, 2R+1) conv weight of depths [start, stop)."""
+def _polyphase_weight(bank: PSFBank, depths: np.ndarray, radius: int) -> np.ndarray:
+    """(nnum², len(depths)·s², 2R+1, 2R+1) conv weight of the given depths."""
     n, s = bank.nnum, bank.voxels_per_lenslet
     size = n * (2 * radius + 1)
     o = (bank.kernel_size - size) // 2
-    k = bank.kernels[start:stop, :, :, o : o + size, o : o + size]
-    k = k.reshape(stop - start, s, s, 2 * radius + 1, n, 2 * radius + 1, n)
+    k = bank.kernels[depths][:, :, :, o : o + size, o : o + size]
+    k = k.reshape(len(depths), s, s, 2 * radius + 1, n, 2 * radius + 1, n)
     k = k[:, :, :, ::-1, :, ::-1, :]  # m = 2R − m'
     # (d, a, b, m, u, n, v) → (u, v, d, a, b, m, n)
     k = k.transpose(4, 6, 0, 1, 2, 3, 5)
     return np.ascontiguousarray(
-        k.reshape(n * n, (stop - start) * s * s, 2 * radius + 1, 2 * radius + 1)
+        k.reshape(n * n, len(depths) * s * s, 2 * radius + 1, 2 * radius + 1)
     )

@@ -77,6 +77,8 @@ def neurons(
     yv, xv = lateral_shape
     if depths.ndim != 1 or depths.size == 0:
         raise LFMError("depths must be a non-empty 1-D array of µm")
+    if np.any(np.diff(depths) <= 0) or not np.all(np.isfinite(depths)):
+        raise LFMError("depths must be finite and strictly increasing (the bank's depths)")
     if yv < 1 or xv < 1 or voxel_size <= 0:
         raise LFMError(
             f"lateral_shape {lateral_shape} and voxel_size {voxel_size} must be positive"
@@ -111,11 +113,13 @@ def neurons(
             _draw_process(tubes, (z, y, x), c, r, 0.5 * b, process_radius, edge, rng)
     volume = (volume + tubes).reshape(depths.size, k, yv, xv).mean(axis=1)
     if neuropil > 0:
-        noise = rng.random(volume.shape)
-        sigma = (1.0, 3.0 / voxel_size, 3.0 / voxel_size)  # ~3 µm lateral texture
-        smooth = gaussian_filter(noise, sigma=sigma)
-        smooth = np.clip(smooth - smooth.mean() + 0.5, 0, None)
-        volume += neuropil * peak.max(initial=1.0) * smooth / max(smooth.mean(), 1e-12)
+        # Smooth texture with ~3 µm features, mean 1 and 50 % contrast.
+        step_z = float(np.mean(np.diff(depths))) if depths.size > 1 else 3.0
+        sigma = (3.0 / step_z, 3.0 / voxel_size, 3.0 / voxel_size)
+        smooth = gaussian_filter(rng.random(volume.shape), sigma=sigma)
+        texture = np.clip(1 + 0.5 * (smooth - smooth.mean()) / max(smooth.std(), 1e-12), 0, None)
+        scale = peak.max() if peak.size else 1.0
+        volume += neuropil * scale * texture / texture.mean()
     return Phantom(volume.astype(np.float32), centres, radii, peak)
 
 
@@ -134,7 +138,7 @@ def _axial_samples(depths: np.ndarray, voxel_size: float) -> tuple[np.ndarray, i
     k = int(min(16, max(1, np.ceil(np.diff(edges).max() / voxel_size))))
     frac = (np.arange(k) + 0.5) / k
     z = edges[:-1, None] + np.diff(edges)[:, None] * frac[None, :]
-    return np.sort(z.ravel()), k
+    return z.ravel(), k
 
 
 def _draw_ellipsoid(volume, axes, centre, radii, peak, edge, combine):

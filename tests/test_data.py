@@ -31,11 +31,24 @@ def test_shapes_and_provenance(dataset, small_bank):
 def test_light_fields_are_the_camera_model_of_their_volumes(dataset, small_bank):
     """Each paired light field is Poisson(g·Hx + b) of its own volume."""
     op = LightFieldOperator(small_bank, dtype=torch.float64)
-    for vol, lf in zip(dataset.volumes, dataset.lightfields, strict=True):
+    for i, (vol, lf) in enumerate(zip(dataset.volumes, dataset.lightfields, strict=True)):
         clean = op(torch.as_tensor(vol, dtype=torch.float64)[None])[0].numpy()
-        rate = clean * 200.0 / clean.max() + 2.0
+        rate = clean * dataset.gains[i] + 2.0
         z = (lf - rate) / np.sqrt(rate)
         assert abs(z.mean()) < 0.1 and abs(z.std() - 1) < 0.1
+
+
+def test_gains_put_the_requested_photons_at_the_peak(dataset, small_bank):
+    op = LightFieldOperator(small_bank, dtype=torch.float64)
+    clean = op(torch.as_tensor(dataset.volumes, dtype=torch.float64)).amax(dim=(1, 2, 3))
+    np.testing.assert_allclose(clean.numpy() * dataset.gains[:3], 200.0, rtol=1e-6)
+    assert dataset.gains.shape == (5,)
+
+
+def test_different_seeds_share_no_sample(small_bank, dataset):
+    other = simulate_dataset(small_bank, 3, 0, lenslets=(6, 7), photons=200.0, seed=12)
+    for vol in other.volumes:
+        assert not any(np.array_equal(vol, v) for v in dataset.volumes)
 
 
 def test_reproducible_and_round_trip(dataset, small_bank, tmp_path):
@@ -45,7 +58,7 @@ def test_reproducible_and_round_trip(dataset, small_bank, tmp_path):
     assert np.array_equal(again.lightfields, dataset.lightfields)
     path = dataset.save(tmp_path / "data.h5")
     loaded = SimulatedData.load(path)
-    for name in ("volumes", "lightfields", "unlabeled", "somata", "depths"):
+    for name in ("volumes", "lightfields", "unlabeled", "gains", "somata", "depths"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(dataset, name))
     assert loaded.psf_sha256 == dataset.psf_sha256 and loaded.simulation == dataset.simulation
 
@@ -70,9 +83,11 @@ def test_sample_is_built_once_then_read_from_the_cache(tmp_path, monkeypatch):
     assert [f.stat().st_mtime_ns for f in files] == stamps  # not rebuilt
     assert bank2.sha256 == bank.sha256 and np.array_equal(data2.volumes, data.volumes)
     assert data.volumes.shape == (16, 11, 105, 105) and data.unlabeled.shape == (16, 1, 315, 315)
-    files[0].write_bytes(b"damaged")  # a damaged cache is rebuilt, not trusted
+    bank_file = next(f for f in files if f.name.endswith("psf.h5"))
+    bank_file.write_bytes(b"damaged")  # a damaged cache is rebuilt, not trusted
     bank3, _ = sample()
-    assert bank3.sha256 == bank.sha256
+    assert bank_file.stat().st_mtime_ns != stamps[files.index(bank_file)]
+    assert PSFBank.load(bank_file).sha256 == bank.sha256 == bank3.sha256
 
 
 def test_cli_simulate(small_bank, tmp_path, capsys):

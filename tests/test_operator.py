@@ -81,19 +81,31 @@ def brute_force(bank: PSFBank, volume: np.ndarray) -> np.ndarray:
     return canvas[r * n : r * n + ny * n, r * n : r * n + nx * n]
 
 
-def _op(cfg):
-    return LightFieldOperator(random_bank(cfg), dtype=cfg.dtype)
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param(
+        "cuda",
+        id="cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    ),
+]
 
 
-def _rand(shape, dtype, seed):
-    return torch.rand(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+def _op(cfg, device="cpu"):
+    return LightFieldOperator(random_bank(cfg), dtype=cfg.dtype, device=device)
 
 
+def _rand(shape, dtype, seed, device="cpu"):
+    t = torch.rand(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return t.to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cfg", CONFIGS)
-def test_dot_product(cfg):
-    op = _op(cfg)
-    x = _rand((2, *op.volume_shape(cfg.lenslets)), cfg.dtype, 1)
-    y = _rand((2, *op.lightfield_shape(cfg.lenslets)), cfg.dtype, 2)
+def test_dot_product(cfg, device):
+    op = _op(cfg, device)
+    x = _rand((2, *op.volume_shape(cfg.lenslets)), cfg.dtype, 1, device)
+    y = _rand((2, *op.lightfield_shape(cfg.lenslets)), cfg.dtype, 2, device)
     lhs = (op(x) * y).sum().item()
     rhs = (x * op.adjoint(y)).sum().item()
     tol = 1e-12 if cfg.dtype == torch.float64 else 1e-5
@@ -122,15 +134,27 @@ def test_norm_bounds_power_iteration_and_is_tight(cfg):
     assert estimate >= 0.85 * op.norm()  # 12×12 lenslets with zero padding
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cfg", CONFIGS)
-def test_autograd_gives_the_adjoint(cfg):
-    op = _op(cfg)
-    x = _rand((1, *op.volume_shape(cfg.lenslets)), cfg.dtype, 5).requires_grad_()
-    y = _rand((1, *op.lightfield_shape(cfg.lenslets)), cfg.dtype, 6)
-    (op(x) * y).sum().backward()
+def test_autograd_gives_the_adjoint(cfg, device):
+    op = _op(cfg, device)
+    x = _rand((1, *op.volume_shape(cfg.lenslets)), cfg.dtype, 5, device).requires_grad_()
+    y = _rand((1, *op.lightfield_shape(cfg.lenslets)), cfg.dtype, 6, device).requires_grad_()
+    (op(x) * y.detach()).sum().backward()
+    (x.detach() * op.adjoint(y)).sum().backward()
     tol = 1e-12 if cfg.dtype == torch.float64 else 1e-5
-    assert (x.grad - op.adjoint(y)).abs().max() <= tol * op.adjoint(y).abs().max()
+    with torch.no_grad():
+        assert (x.grad - op.adjoint(y)).abs().max() <= tol * op.adjoint(y).abs().max()
+        assert (y.grad - op(x)).abs().max() <= tol * op(x).abs().max()
     assert all(not b.requires_grad for b in op.buffers())
+
+
+def test_gradients_match_finite_differences_twice():
+    """torch's numerical gradcheck and gradgradcheck, through H and Hᵀ."""
+    op = _op(Config(3, 2, (1, 0), (2, 2), torch.float64))
+    x = _rand((1, *op.volume_shape((2, 2))), torch.float64, 13).requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: op.adjoint(op(v) ** 2), (x,))
+    assert torch.autograd.gradgradcheck(lambda v: op.adjoint(op(v) ** 2), (x,))
 
 
 def test_physical_bank_matches_brute_force_at_the_borders(small_bank):
@@ -165,11 +189,30 @@ def test_linearity_and_flux(small_bank):
     assert abs(op(x).sum().item() - 6.0) < 1e-9
 
 
-@pytest.mark.parametrize("compute", ["tf32", "bf16"])
-def test_fast_compute_modes_stay_close(small_bank, compute):
-    exact = LightFieldOperator(small_bank)
-    fast = LightFieldOperator(small_bank, compute=compute)
-    x = _rand((1, *exact.volume_shape((5, 5))), torch.float32, 9)
+@pytest.mark.parametrize(
+    ("compute", "device"),
+    [
+        pytest.param("bf16", "cpu", id="bf16-cpu"),
+        pytest.param(
+            "bf16",
+            "cuda",
+            id="bf16-cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+        ),
+        pytest.param(
+            "tf32",
+            "cuda",
+            id="tf32-cuda",
+            marks=pytest.mark.skipif(
+                not torch.cuda.is_available(), reason="TF32 exists on CUDA only"
+            ),
+        ),
+    ],
+)
+def test_fast_compute_modes_stay_close(small_bank, compute, device):
+    exact = LightFieldOperator(small_bank, device=device)
+    fast = LightFieldOperator(small_bank, compute=compute, device=device)
+    x = _rand((1, *exact.volume_shape((5, 5))), torch.float32, 9, device)
     tol = 2e-2 if compute == "bf16" else 1e-3
     assert (fast(x) - exact(x)).abs().max() <= tol * exact(x).abs().max()
     y = exact(x)
@@ -187,11 +230,17 @@ def test_cuda_matches_cpu(small_bank):
     assert torch.allclose(gpu.adjoint(y.cuda()).cpu(), cpu.adjoint(y), rtol=1e-4, atol=1e-6)
 
 
-def test_weights_are_buffers_in_the_state_dict(small_bank):
+def test_state_holds_the_bank_hash_and_refuses_another_bank(small_bank):
     op = LightFieldOperator(small_bank)
     assert list(op.parameters()) == []
-    assert set(op.state_dict()) == {f"weight_{i}" for i in range(len(op._groups))}
-    assert op.weight_bytes == sum(b.nbytes for b in op.buffers())
+    state = op.state_dict()
+    assert set(state) == {"_extra_state"}  # weights derive from the bank
+    LightFieldOperator(small_bank).load_state_dict(state)
+    other = LightFieldOperator(random_bank(Config(15, 3, (1, 1, 1), (2, 2), torch.float32)))
+    with pytest.raises(LFMError, match="saved with PSF bank"):
+        other.load_state_dict(state)
+    weights = [b for name, b in op.named_buffers() if name.startswith("weight")]
+    assert op.weight_bytes == sum(w.nbytes for w in weights)
 
 
 @pytest.mark.parametrize(
@@ -277,6 +326,16 @@ class TestSimulate:
         z = (y - rate) / rate.sqrt()  # Poisson: standardised residuals ~ N(0, 1)
         assert abs(z.mean().item()) < 0.05 and abs(z.std().item() - 1) < 0.05
         assert torch.equal(op.simulate(x, photons=None), clean)
+
+    def test_fixed_gain_and_peak_gain(self, small_bank):
+        op = LightFieldOperator(small_bank, dtype=torch.float64)
+        x = _rand((2, *op.volume_shape((6, 6))), torch.float64, 14)
+        gain = op.peak_gain(x, 500.0)
+        assert torch.allclose(
+            op(x).amax(dim=(1, 2, 3)) * gain, torch.full((2,), 500.0, dtype=torch.float64)
+        )
+        assert torch.equal(op.simulate(x, gain=gain, seed=3), op.simulate(x, photons=500, seed=3))
+        assert op.peak_gain(torch.zeros_like(x), 500.0).abs().sum() == 0
 
     def test_seed_reproduces(self, small_bank):
         op = LightFieldOperator(small_bank)

@@ -76,6 +76,15 @@ class PSFBank:
             raise LFMError(f"radii {self.radii.tolist()} do not fit kernels of K = {size}")
         if not np.all(np.isfinite(k)) or k.min() < 0:
             raise LFMError("kernels must be finite and non-negative (they are intensities)")
+        for depth, radius in enumerate(self.radii):
+            o = (size - nnum * (2 * radius + 1)) // 2
+            if o and (
+                k[depth, ..., :o, :].any()
+                or k[depth, ..., size - o :, :].any()
+                or k[depth, ..., :o].any()
+                or k[depth, ..., size - o :].any()
+            ):
+                raise LFMError(f"kernels of depth {depth} are non-zero beyond its radius {radius}")
 
     # --- derived ----------------------------------------------------------
     @property
