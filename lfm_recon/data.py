@@ -20,12 +20,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import __version__
+from ._h5 import atomic_write, open_checked
 from .errors import LFMError
 from .microscope import Microscope
 from .operator import LightFieldOperator, check_camera
@@ -77,65 +77,37 @@ class SimulatedData:
     def save(self, path: str | Path) -> Path:
         """Write the HDF5 file atomically (temporary file, then rename)."""
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["format"] = FORMAT
-                f.attrs["format_version"] = FORMAT_VERSION
-                f.attrs["psf_sha256"] = self.psf_sha256
-                f.attrs["microscope"] = json.dumps(self.microscope.to_dict())
-                f.attrs["depths"] = self.depths
-                f.attrs["voxel_size"] = self.voxel_size
-                f.attrs["simulation"] = json.dumps(self.simulation)
-                for name in ("volumes", "lightfields", "unlabeled"):
-                    data = getattr(self, name)
-                    chunks = (1, *data.shape[1:]) if len(data) else None
-                    f.create_dataset(name, data=data, chunks=chunks)
-                f.create_dataset("somata", data=self.somata)
-                f.create_dataset("gains", data=self.gains)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_write(path, FORMAT, FORMAT_VERSION) as f:
+            f.attrs["psf_sha256"] = self.psf_sha256
+            f.attrs["microscope"] = json.dumps(self.microscope.to_dict())
+            f.attrs["depths"] = self.depths
+            f.attrs["voxel_size"] = self.voxel_size
+            f.attrs["simulation"] = json.dumps(self.simulation)
+            for name in ("volumes", "lightfields", "unlabeled"):
+                data = getattr(self, name)
+                chunks = (1, *data.shape[1:]) if len(data) else None
+                f.create_dataset(name, data=data, chunks=chunks)
+            f.create_dataset("somata", data=self.somata)
+            f.create_dataset("gains", data=self.gains)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> SimulatedData:
         """Read a file written by :meth:`save`."""
         path = Path(path)
-        if not path.is_file():
-            raise LFMError(f"data file {path} does not exist")
-        try:
-            f = h5py.File(path, "r")
-        except OSError as exc:
-            raise LFMError(f"{path} is not a readable HDF5 file ({exc})") from exc
-        with f:
-            if f.attrs.get("format") != FORMAT:
-                raise LFMError(
-                    f"{path} is not an lfm_recon data set; make one with `lfm-recon simulate`"
-                )
-            version = f.attrs.get("format_version")
-            if not isinstance(version, (int, np.integer)) or version < 1:
-                raise LFMError(f"{path} is a damaged data file (format_version {version!r})")
-            if version > FORMAT_VERSION:
-                raise LFMError(f"{path} has data format {version}: upgrade lfm_recon")
-            try:
-                return cls(
-                    volumes=f["volumes"][...],
-                    lightfields=f["lightfields"][...],
-                    unlabeled=f["unlabeled"][...],
-                    gains=f["gains"][...],
-                    somata=f["somata"][...],
-                    psf_sha256=str(f.attrs["psf_sha256"]),
-                    microscope=Microscope.from_dict(json.loads(f.attrs["microscope"])),
-                    depths=np.asarray(f.attrs["depths"], dtype=np.float64),
-                    voxel_size=float(f.attrs["voxel_size"]),
-                    simulation=json.loads(f.attrs["simulation"]),
-                )
-            except (KeyError, OSError, ValueError) as exc:
-                if isinstance(exc, LFMError):
-                    raise
-                raise LFMError(f"{path} is a damaged data file ({exc})") from exc
+        with open_checked(path, FORMAT, FORMAT_VERSION, "data set", "lfm-recon simulate") as f:
+            return cls(
+                volumes=f["volumes"][...],
+                lightfields=f["lightfields"][...],
+                unlabeled=f["unlabeled"][...],
+                gains=f["gains"][...],
+                somata=f["somata"][...],
+                psf_sha256=str(f.attrs["psf_sha256"]),
+                microscope=Microscope.from_dict(json.loads(f.attrs["microscope"])),
+                depths=np.asarray(f.attrs["depths"], dtype=np.float64),
+                voxel_size=float(f.attrs["voxel_size"]),
+                simulation=json.loads(f.attrs["simulation"]),
+            )
 
 
 def simulate_dataset(

@@ -69,7 +69,7 @@ def test_bad_requests_and_files(small_bank, tmp_path):
     with pytest.raises(LFMError, match="photons"):
         simulate_dataset(small_bank, 1, photons=-1.0)
     small_bank.save(tmp_path / "bank.h5")
-    with pytest.raises(LFMError, match="not an lfm_recon data set"):
+    with pytest.raises(LFMError, match="not a data set"):
         SimulatedData.load(tmp_path / "bank.h5")
 
 

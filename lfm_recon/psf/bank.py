@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from .._h5 import atomic_write, open_checked
 from ..errors import LFMError
 from ..microscope import Microscope
 
@@ -145,73 +144,41 @@ class PSFBank:
     def save(self, path: str | Path) -> Path:
         """Write the HDF5 file atomically (a temporary file, then rename)."""
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         _d, s, _, size, _ = self.kernels.shape
-        try:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["format"] = FORMAT
-                f.attrs["format_version"] = FORMAT_VERSION
-                f.attrs["microscope"] = json.dumps(self.microscope.to_dict())
-                f.attrs["generation"] = json.dumps(self.generation)
-                f.attrs["sha256"] = self.sha256
-                f.attrs["axes"] = "depth, sub_y, sub_x, y, x"
-                f.create_dataset(
-                    "kernels",
-                    data=self.kernels.astype(np.float32, copy=False),
-                    chunks=(1, s, s, size, size),
-                    compression="gzip",
-                    compression_opts=1,
-                    shuffle=True,
-                )
-                f.create_dataset("depths", data=self.depths).attrs["unit"] = "um"
-                f.create_dataset("radii", data=self.radii).attrs["unit"] = "lenslets"
-                f.create_dataset("captured_energy", data=self.captured_energy)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_write(path, FORMAT, FORMAT_VERSION) as f:
+            f.attrs["microscope"] = json.dumps(self.microscope.to_dict())
+            f.attrs["generation"] = json.dumps(self.generation)
+            f.attrs["sha256"] = self.sha256
+            f.attrs["axes"] = "depth, sub_y, sub_x, y, x"
+            f.create_dataset(
+                "kernels",
+                data=self.kernels,
+                chunks=(1, s, s, size, size),
+                compression="gzip",
+                compression_opts=1,
+                shuffle=True,
+            )
+            f.create_dataset("depths", data=self.depths).attrs["unit"] = "um"
+            f.create_dataset("radii", data=self.radii).attrs["unit"] = "lenslets"
+            f.create_dataset("captured_energy", data=self.captured_energy)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> PSFBank:
         """Read a bank written by :meth:`save`, verifying format and hash."""
         path = Path(path)
-        if not path.is_file():
-            raise LFMError(f"PSF bank file {path} does not exist")
-        try:
-            f = h5py.File(path, "r")
-        except OSError as exc:
-            raise LFMError(f"{path} is not a readable HDF5 file ({exc})") from exc
-        with f:
-            if f.attrs.get("format") != FORMAT:
-                raise LFMError(
-                    f"{path} is an HDF5 file but not a PSF bank (no format"
-                    f" '{FORMAT}'); make one with `lfm-recon psf`"
-                )
-            version = f.attrs.get("format_version")
-            if not isinstance(version, (int, np.integer)) or version < 1:
-                raise LFMError(f"{path} is a damaged PSF bank file (format_version {version!r})")
-            if version > FORMAT_VERSION:
-                raise LFMError(
-                    f"{path} has PSF bank format {version}; this lfm_recon reads up"
-                    f" to {FORMAT_VERSION}: upgrade lfm_recon"
-                )
-            try:
-                bank = cls(
-                    kernels=f["kernels"][...],
-                    depths=f["depths"][...],
-                    microscope=Microscope.from_dict(
-                        json.loads(f.attrs["microscope"]), source=str(path)
-                    ),
-                    radii=f["radii"][...],
-                    captured_energy=f["captured_energy"][...],
-                    generation=json.loads(f.attrs["generation"]),
-                )
-                stored = f.attrs["sha256"]
-            except (KeyError, OSError, ValueError) as exc:
-                if isinstance(exc, LFMError):
-                    raise
-                raise LFMError(f"{path} is a damaged PSF bank file ({exc})") from exc
+        with open_checked(path, FORMAT, FORMAT_VERSION, "PSF bank", "lfm-recon psf") as f:
+            bank = cls(
+                kernels=f["kernels"][...],
+                depths=f["depths"][...],
+                microscope=Microscope.from_dict(
+                    json.loads(f.attrs["microscope"]), source=str(path)
+                ),
+                radii=f["radii"][...],
+                captured_energy=f["captured_energy"][...],
+                generation=json.loads(f.attrs["generation"]),
+            )
+            stored = f.attrs["sha256"]
         if bank.sha256 != stored:
             raise LFMError(
                 f"{path} is corrupt: its content hash does not match the one"
