@@ -91,13 +91,9 @@ def generate_psf(
     offsets = ((np.arange(s) + 0.5) / s - 0.5) * m.lenslet_pitch_object
     points = np.array([[offsets[a], offsets[b]] for a, b in subpos])
 
-    # One long profile per depth; long enough for the largest window we expect.
-    blur = (
-        m.magnification
-        * np.abs(depths)
-        * math.tan(math.asin(m.numerical_aperture / m.medium_index))
-    )
-    reach = math.sqrt(2) * (blur.max() + 3 * m.mla_pitch) + m.mla_pitch
+    # One profile per depth, long enough for the window we expect.
+    blur = max(geometric_blur_radius(m, z) for z in depths)
+    reach = math.sqrt(2) * (blur + 3 * m.mla_pitch) + m.mla_pitch
     profiles = radial_profiles(m, depths, reach, apodization)
 
     per_depth, radii, captured = [], [], []
