@@ -154,6 +154,113 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'psf.h5'}, {out / 'psf.png'} and {out / 'sample.png'}")
 
 
+def _cmd_reconstruct(args: argparse.Namespace) -> None:
+    import torch
+
+    from .io import TIFF_SUFFIXES, read_lightfield, write_volume_tiff
+    from .metrics import reprojection_residual
+    from .operator import LightFieldOperator
+    from .psf import PSFBank
+    from .solvers import DEFAULT_ITERATIONS, solve
+
+    out = Path(args.output)
+    if out.suffix.lower() not in TIFF_SUFFIXES:
+        raise LFMError(f"output {out} must be a .tif file (an ImageJ hyperstack)")
+    _check_output(out, args.overwrite)
+    bank = PSFBank.load(args.psf)
+    image = read_lightfield(args.input)
+    n = bank.nnum
+    if image.shape[0] % n or image.shape[1] % n:
+        down = (image.shape[0] // n * n, image.shape[1] // n * n)
+        up = (-(-image.shape[0] // n) * n, -(-image.shape[1] // n) * n)
+        fits = " or ".join(f"{a}×{b}" for a, b in dict.fromkeys((down, up)) if a and b)
+        raise LFMError(
+            f"{args.input} is {image.shape[0]}×{image.shape[1]} px but the PSF bank has"
+            f" nnum = {n} pixels per lenslet, so it needs multiples of {n} (e.g. {fits});"
+            " rectify the raw image to whole lenslets first"
+        )
+    op = LightFieldOperator(bank, device=_device(args.device))
+    y = torch.from_numpy(image)[None, None].to(op.device)
+    n_iter = DEFAULT_ITERATIONS[args.method] if args.iterations is None else args.iterations
+    start = time.perf_counter()
+    x = solve(
+        op,
+        y,
+        args.method,
+        n_iter,
+        lam_fraction=args.lam,
+        rho=args.rho,
+        prior=args.prior,
+        background=args.background,
+        progress=not args.quiet,
+    )
+    elapsed = time.perf_counter() - start
+    write_volume_tiff(out, x[0].cpu().numpy(), bank.voxel_size, bank.depths)
+    if not args.quiet:
+        residual = reprojection_residual(op, x, y, args.background)[0]
+        lateral, axial = bank.voxel_size
+        print(
+            f"{args.method}, {n_iter} iterations in {elapsed:.2f} s; relative residual"
+            f" {residual:.4f}; volume {tuple(x.shape[1:])} (D, Y, X), voxels"
+            f" {lateral:.3g}×{lateral:.3g}×{axial:.3g} µm; wrote {out}"
+        )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .data import SimulatedData
+    from .evaluate import evaluate
+    from .operator import LightFieldOperator
+    from .psf import PSFBank
+    from .solvers import DEFAULT_ITERATIONS
+
+    bank = PSFBank.load(args.psf)
+    data = SimulatedData.load(args.data)
+    op = LightFieldOperator(bank, device=_device(args.device))
+    rows = []
+    for method in args.method:
+        n_iter = DEFAULT_ITERATIONS[method] if args.iterations is None else args.iterations
+        scores, seconds = evaluate(
+            op,
+            data,
+            method,
+            n_iter,
+            frames=args.frames,
+            lam_fraction=args.lam,
+            rho=args.rho,
+            prior=args.prior,
+        )
+        rows.append({"method": method, "iterations": n_iter, **scores.summary(), "s": seconds})
+    n = len(data.volumes) if args.frames is None else min(args.frames, len(data.volumes))
+    print(f"{n} volumes of {args.data}; PSNR after least-squares scaling (peak = truth max)")
+    print(
+        f"{'method':8s} {'iter':>5s} {'PSNR dB':>8s} {'SSIM':>6s} {'Pearson':>8s}"
+        f" {'F1':>6s} {'residual':>9s} {'s/volume':>9s}"
+    )
+    for r in rows:
+        print(
+            f"{r['method']:8s} {r['iterations']:5d} {r['psnr']:8.2f} {r['ssim']:6.3f}"
+            f" {r['pearson']:8.3f} {r['f1']:6.3f} {r['residual']:9.4f} {r['s']:9.3f}"
+        )
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+def _device(name: str):
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LFMError(
+            f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LFMError("--device cuda: no CUDA device is available here; use --device cpu")
+    return device
+
+
 def _check_output(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise LFMError(f"{path} exists; pass --overwrite to replace it")
@@ -236,6 +343,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_simulate)
 
+    p = sub.add_parser("reconstruct", help="reconstruct a volume from a light-field TIFF")
+    p.add_argument("input", help="light-field TIFF: one rectified frame (Y, X)")
+    p.add_argument("--psf", required=True, help="PSF bank .h5 (lfm-recon psf)")
+    p.add_argument("-o", "--output", required=True, help="output volume .tif (ImageJ hyperstack)")
+    _add_solver_options(p)
+    p.add_argument("--background", type=float, default=0.0, help="counts per pixel (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_reconstruct)
+
+    p = sub.add_parser(
+        "evaluate", help="score solvers on a simulated data set (PSNR, SSIM, F1, time)"
+    )
+    p.add_argument("data", help="data set .h5 (lfm-recon simulate)")
+    p.add_argument("--psf", required=True, help="the PSF bank the data set was made with")
+    _add_solver_options(p, several=True)
+    p.add_argument("--frames", type=int, default=None, help="score the first N volumes")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    p.add_argument("--json", default=None, help="also write the table as JSON here")
+    p.set_defaults(func=_cmd_evaluate)
+
     p = sub.add_parser("info", help="describe a PSF bank, a microscope file or a preset")
     p.add_argument(
         "target",
@@ -249,6 +378,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="lfm_demo", help="output folder (default lfm_demo)")
     p.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _add_solver_options(p: argparse.ArgumentParser, several: bool = False) -> None:
+    from .solvers import DEFAULT_ITERATIONS, DEFAULT_LAMBDA_FRACTION, METHODS, PRIORS
+
+    defaults = ", ".join(f"{m} {n}" for m, n in DEFAULT_ITERATIONS.items())
+    if several:
+        p.add_argument(
+            "--method", nargs="+", choices=METHODS, default=["rl"], help="one or more solvers"
+        )
+    else:
+        p.add_argument("--method", choices=METHODS, default="rl", help="solver (default rl)")
+    p.add_argument("--iterations", type=int, default=None, help=f"iterations (default: {defaults})")
+    p.add_argument(
+        "--lam",
+        type=float,
+        default=DEFAULT_LAMBDA_FRACTION,
+        help="fista/admm: λ as a fraction of λ_max = max Hᵀ(y − b), the value that gives"
+        f" an empty volume (default {DEFAULT_LAMBDA_FRACTION})",
+    )
+    p.add_argument("--rho", type=float, default=None, help="admm: penalty ρ (default 0.01‖H‖²)")
+    p.add_argument("--prior", choices=PRIORS, default="l1", help="admm: l1 or tv (default l1)")
 
 
 def _join_range_values(argv: list[str]) -> list[str]:

@@ -97,6 +97,7 @@ class LightFieldOperator(nn.Module):
         self.nnum = bank.nnum
         self.bank_sha256 = bank.sha256
         self.depths = tuple(float(z) for z in bank.depths)
+        self.voxel_size = bank.voxel_size  # (lateral, axial) µm
         s2 = self.voxels_per_lenslet**2
         store = torch.bfloat16 if compute == "bf16" else dtype
         groups, summed = [], []
@@ -323,11 +324,12 @@ class LightFieldOperator(nn.Module):
                 f" {tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}"
             )
         if y.shape[2] % n or y.shape[3] % n or y.shape[2] == 0 or y.shape[3] == 0:
+            down = f"{max(1, y.shape[2] // n) * n}×{max(1, y.shape[3] // n) * n}"
+            up = f"{-(-y.shape[2] // n) * n}×{-(-y.shape[3] // n) * n}"
             raise LFMError(
                 f"light field is {y.shape[2]}×{y.shape[3]} px but the PSF bank expects"
-                f" multiples of nnum = {n} in both axes (e.g."
-                f" {max(1, y.shape[2] // n) * n}×{max(1, y.shape[3] // n) * n}); rectify the"
-                " raw image first"
+                f" multiples of nnum = {n} in both axes (e.g. {down} or {up}); rectify the"
+                " raw image to whole lenslets first"
             )
         self._check_tensor(y, "light field")
 

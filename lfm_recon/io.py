@@ -1,0 +1,113 @@
+"""Image files: light-field frames in, volumes out (TIFF).
+
+Volumes are written as ImageJ hyperstacks with their voxel size (lateral
+pixels per µm as the resolution, the depth step as ``spacing``, unit µm), so
+Fiji and napari open them at the right scale; each slice is labelled with its
+depth. Writes are atomic: a temporary file in the same folder is renamed
+into place, so a crash never leaves half a file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from .errors import LFMError
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def read_lightfield(path: str | Path) -> np.ndarray:
+    """One light-field frame from a TIFF file: float32 (Y, X), camera counts.
+
+    A single-page stack (1, Y, X) is accepted; colour images and files with
+    several frames are errors that say so.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LFMError(f"light-field file {path} does not exist")
+    try:
+        image = tifffile.imread(path)
+    except Exception as exc:  # tifffile raises several types for bad files
+        raise LFMError(f"cannot read {path} as a TIFF image ({exc})") from None
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        raise LFMError(f"{path} is a colour image {image.shape}; save the camera frame as grey")
+    if image.ndim != 2:
+        raise LFMError(
+            f"{path} holds an array of shape {image.shape}; `reconstruct` takes one 2-D"
+            " light-field frame (Y, X): save one frame per file"
+        )
+    if image.dtype.kind not in "uif":
+        raise LFMError(f"{path} holds {image.dtype} values; expected camera counts")
+    return image.astype(np.float32)
+
+
+def write_volume_tiff(
+    path: str | Path,
+    volume: np.ndarray,
+    voxel_size: tuple[float, float],
+    depths=None,
+) -> None:
+    """Write a volume as an ImageJ hyperstack TIFF (float32).
+
+    Args:
+        path: output .tif file (replaced atomically).
+        volume: (D, Yv, Xv) or a time series (T, D, Yv, Xv).
+        voxel_size: (lateral, axial) µm; axial 0 (one depth) is stored as 1.
+        depths: (D,) µm, written as slice labels (e.g. "z = -50.0 µm").
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    if volume.ndim not in (3, 4):
+        raise LFMError(f"volume must be (D, Yv, Xv) or (T, D, Yv, Xv), got {volume.shape}")
+    lateral, axial = (float(v) for v in voxel_size)
+    axes = "ZYX" if volume.ndim == 3 else "TZYX"
+    metadata = {"spacing": axial if axial > 0 else 1.0, "unit": "um", "axes": axes}
+    if depths is not None:
+        labels = [f"z = {float(z):g} µm" for z in depths]
+        metadata["Labels"] = labels * (volume.shape[0] if volume.ndim == 4 else 1)
+    with _atomic(Path(path)) as tmp:
+        tifffile.imwrite(
+            tmp, volume, imagej=True, resolution=(1 / lateral, 1 / lateral), metadata=metadata
+        )
+
+
+def read_volume_tiff(path: str | Path) -> tuple[np.ndarray, tuple[float, float]]:
+    """Read a volume written by :func:`write_volume_tiff`: the array and its
+    (lateral, axial) voxel size in µm."""
+    with tifffile.TiffFile(path) as tif:
+        volume = tif.asarray()
+        meta = tif.imagej_metadata or {}
+        x_res = tif.pages[0].tags["XResolution"].value
+    lateral = x_res[1] / x_res[0]
+    return volume, (lateral, float(meta.get("spacing", 1.0)))
+
+
+class _atomic:
+    """Context manager giving a temporary path next to ``path``; renamed onto
+    ``path`` on success, removed on failure."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> Path:
+        if not self.path.parent.is_dir():
+            raise LFMError(f"output folder {self.path.parent} does not exist")
+        fd, name = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        os.close(fd)
+        self.tmp = Path(name)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)

@@ -1,0 +1,644 @@
+"""Classical reconstruction: Richardson–Lucy, ISRA, FISTA and ADMM.
+
+Notation: H is a :class:`~lfm_recon.operator.LightFieldOperator`, y the
+measured light fields (B, 1, Y, X) in camera counts (photons), b a background
+in counts per pixel, x the volume (B, D, Yv, Xv). H x is the expected count a
+volume produces, so every solver returns x in photons per voxel (kernels sum
+to 1: a voxel's value is the light it sends to the sensor).
+
+    solver            minimises (x ≥ 0)                       per iteration
+    richardson_lucy   Poisson deviance Σ y log(y/μ) − y + μ    1 H + 1 Hᵀ
+    isra              ½‖μ − y‖²                               1 H + 1 Hᵀ
+    fista             ½‖μ − y‖² + Σ λ|x|                      1 H + 1 Hᵀ
+    admm              ½‖μ − y‖² + λ R(x), R = ‖x‖₁ or TV       (cg_steps) H + Hᵀ
+
+with μ = H x + b. RL and ISRA decrease their objective at every iteration
+(both are majorise–minimise schemes); FISTA is the monotone variant of Beck
+and Teboulle (2009), which keeps the best of its candidate and its previous
+iterate, so its objective never rises either. All take one calling
+convention: batched light fields in, batched volumes out, with an optional
+callback, a :class:`History` and a progress bar. Each solver is also a class
+with ``step()`` for callers that drive the iterations themselves.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import LFMError
+from .operator import LightFieldOperator
+
+Callback = Callable[[int, torch.Tensor], "bool | None"]
+PRIORS = ("l1", "tv")
+
+
+@dataclass
+class History:
+    """Per-iteration record of a solver run, filled by ``run(history=...)``.
+
+    Entry 0 is the starting point, entry k the state after k iterations.
+    ``residual`` is ‖H x + b − y‖ / ‖y‖ and ``objective`` the solver's own
+    objective (module docstring), each a (B,) array per entry.
+    """
+
+    iteration: list[int] = field(default_factory=list)
+    residual: list[np.ndarray] = field(default_factory=list)
+    objective: list[np.ndarray] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def record(self, k: int, solver: Solver, seconds: float) -> None:
+        self.iteration.append(k)
+        self.residual.append(solver.residual().cpu().numpy())
+        self.objective.append(solver.objective().cpu().numpy())
+        self.seconds.append(seconds)
+
+
+class Solver:
+    """Common set-up, checks and the run loop of the solvers.
+
+    Subclasses set ``x`` (and track ``hx`` = H x where it comes free) in
+    ``__init__`` and implement ``step`` and ``objective``.
+    """
+
+    name = "solver"
+
+    def __init__(self, op: LightFieldOperator, y, background=0.0) -> None:
+        if not isinstance(op, LightFieldOperator):
+            raise LFMError(f"op must be a LightFieldOperator, got {type(op).__name__}")
+        self.op = op
+        self.y = _lightfield(op, y)
+        self.b = _background(op, background, self.y)
+        signal = (self.y - self.b).clamp_min(0).sum(dim=(1, 2, 3))
+        empty = torch.nonzero(signal <= 0).flatten().tolist()
+        if empty:
+            raise LFMError(
+                f"light field {empty[0]} of the batch has no signal above the background"
+                " (all values ≤ background): nothing to reconstruct; check the input"
+                " frame and --background"
+            )
+        self._ynorm = self.y.flatten(1).norm(dim=1).clamp_min(torch.finfo(self.y.dtype).tiny)
+        self.hx: torch.Tensor | None = None
+        self.x: torch.Tensor
+
+    # H and Hᵀ without the per-call input checks: y was checked once above and
+    # the iterates are finite by construction.
+    def _h(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op._h(x)
+
+    def _ht(self, y: torch.Tensor) -> torch.Tensor:
+        return self.op._ht(y)
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def objective(self) -> torch.Tensor:
+        """(B,) objective of the current estimate."""
+        raise NotImplementedError
+
+    def _forward_of_x(self) -> torch.Tensor:
+        return self.hx if self.hx is not None else self._h(self.x)
+
+    def residual(self) -> torch.Tensor:
+        """(B,) relative data residual ‖H x + b − y‖ / ‖y‖."""
+        r = self._forward_of_x() + self.b - self.y
+        return r.flatten(1).norm(dim=1) / self._ynorm
+
+    def _least_squares(self, hx: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (hx + self.b - self.y).flatten(1).pow(2).sum(dim=1)
+
+    def run(
+        self,
+        n_iter: int,
+        *,
+        callback: Callback | None = None,
+        history: History | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Iterate ``n_iter`` times; returns the estimate (B, D, Yv, Xv).
+
+        ``callback(k, x)`` runs after iteration k (1-based); returning True
+        stops early. ``history`` (a :class:`History`) is filled with the
+        starting point and every iteration, at the cost of a few reductions
+        per iteration (and one extra H for ADMM).
+        """
+        if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
+            raise LFMError(f"n_iter must be a non-negative integer, got {n_iter!r}")
+        start = time.perf_counter()
+        with torch.no_grad():
+            if history is not None:
+                history.record(0, self, 0.0)
+            for k in tqdm(range(1, n_iter + 1), desc=self.name, disable=not progress):
+                self.step()
+                if history is not None:
+                    history.record(k, self, time.perf_counter() - start)
+                if callback is not None and callback(k, self.x):
+                    break
+        return self.x
+
+
+class RichardsonLucy(Solver):
+    """Richardson–Lucy (EM for Poisson data): x ← x · Hᵀ(y / (H x + b)) / Hᵀ1.
+
+    Negative counts (read noise around a subtracted offset) are clipped to 0,
+    as the Poisson model needs y ≥ 0. Where H x + b = 0 the ratio is taken
+    as 0, so the estimate stays finite and non-negative. With b = 0 every
+    iterate reproduces the measured flux: Σ H x = Σ y.
+    """
+
+    name = "richardson_lucy"
+
+    def __init__(self, op, y, background=0.0, x0=None) -> None:
+        super().__init__(op, y, background)
+        self.y = self.y.clamp_min(0)
+        self.sensitivity = self._ht(torch.ones_like(self.y[:1]))  # Hᵀ1, (1, D, Yv, Xv)
+        self.x = _start(self, x0)
+        self.hx = self._h(self.x)
+
+    def step(self) -> None:
+        ratio = _safe_divide(self.y, self.hx + self.b)
+        self.x = _safe_divide(self.x * self._ht(ratio), self.sensitivity)
+        self.hx = self._h(self.x)
+
+    def objective(self) -> torch.Tensor:
+        """(B,) Poisson deviance Σ y log(y/μ) − y + μ (0 for a perfect fit)."""
+        mu = self.hx + self.b
+        tiny = torch.finfo(mu.dtype).tiny
+        log_term = torch.where(
+            self.y > 0, self.y * torch.log(self.y.clamp_min(tiny) / mu.clamp_min(tiny)), 0.0
+        )
+        return (log_term - self.y + mu).flatten(1).sum(dim=1)
+
+
+class ISRA(Solver):
+    """ISRA, non-negative least squares: x ← x · Hᵀy / Hᵀ(H x + b).
+
+    The Gaussian-noise counterpart of Richardson–Lucy (same cost per
+    iteration, y clipped to ≥ 0); it decreases ½‖H x + b − y‖² monotonically.
+    """
+
+    name = "isra"
+
+    def __init__(self, op, y, background=0.0, x0=None) -> None:
+        super().__init__(op, y, background)
+        self.y = self.y.clamp_min(0)
+        self.hty = self._ht(self.y)
+        self.sensitivity = self._ht(torch.ones_like(self.y[:1]))
+        self.x = _start(self, x0)
+        self.hx = self._h(self.x)
+
+    def step(self) -> None:
+        self.x = _safe_divide(self.x * self.hty, self._ht(self.hx + self.b))
+        self.hx = self._h(self.x)
+
+    def objective(self) -> torch.Tensor:
+        """(B,) ½‖H x + b − y‖²."""
+        return self._least_squares(self.hx)
+
+
+class FISTA(Solver):
+    """FISTA on ½‖H x + b − y‖² + Σ λ|x| with step 1/‖H‖².
+
+    ``lam`` is a number or a tensor broadcastable to the volume (e.g. (B, 1,
+    1, 1) per frame or (1, D, 1, 1) per depth), ≥ 0, in the units of H x
+    (see :func:`lambda_max` for its scale). ``nonneg`` adds x ≥ 0.
+    ``monotone`` keeps, per frame, the better of the new candidate and the
+    previous iterate (MFISTA), so the objective never increases. H x and the
+    extrapolated H z are combined linearly from tracked forward projections,
+    so an iteration costs one H and one Hᵀ.
+    """
+
+    name = "fista"
+
+    def __init__(self, op, y, lam, background=0.0, x0=None, nonneg=True, monotone=True):
+        super().__init__(op, y, background)
+        self.lam = _lam(op, lam, self.y)
+        self.nonneg = nonneg
+        self.monotone = monotone
+        self.step_size = 1.0 / op.norm() ** 2
+        self.x = _start(self, x0, uniform=False)
+        self.hx = self._h(self.x)
+        self._f = self._objective(self.x, self.hx)
+        self.z, self.hz = self.x, self.hx
+        self.theta = 1.0
+
+    def _objective(self, x: torch.Tensor, hx: torch.Tensor) -> torch.Tensor:
+        return self._least_squares(hx) + (self.lam * x.abs()).flatten(1).sum(dim=1)
+
+    def objective(self) -> torch.Tensor:
+        """(B,) ½‖H x + b − y‖² + Σ λ|x|."""
+        return self._f
+
+    def step(self) -> None:
+        t = self.step_size
+        grad = self._ht(self.hz + self.b - self.y)
+        u = threshold(self.z - t * grad, t * self.lam, self.nonneg)
+        hu = self._h(u)
+        f_u = self._objective(u, hu)
+        if self.monotone:
+            keep = (f_u > self._f).reshape(-1, 1, 1, 1)  # frames where u is worse
+            x_new, hx_new = torch.where(keep, self.x, u), torch.where(keep, self.hx, hu)
+            f_new = torch.minimum(f_u, self._f)
+        else:
+            x_new, hx_new, f_new = u, hu, f_u
+        theta_new = (1 + math.sqrt(1 + 4 * self.theta**2)) / 2
+        a, c = self.theta / theta_new, (self.theta - 1) / theta_new
+        # z = x_new + a (u − x_new) + c (x_new − x): the same combination for H z.
+        self.z = x_new + a * (u - x_new) + c * (x_new - self.x)
+        self.hz = hx_new + a * (hu - hx_new) + c * (hx_new - self.hx)
+        self.x, self.hx, self._f, self.theta = x_new, hx_new, f_new, theta_new
+
+
+class ADMM(Solver):
+    """ADMM on ½‖H x + b − y‖² + λ R(x) with x ≥ 0 (scaled form).
+
+    ``prior="l1"``: R = ‖x‖₁, split x = z with z ≥ 0 carrying the prior.
+    ``prior="tv"``: R = isotropic 3-D total variation Σ‖∇x‖ (differences along
+    z weighted by lateral/axial voxel size, so R is isotropic in µm), split
+    v = ∇x and z = x ≥ 0. The x-update solves (HᵀH + ρ(∇ᵀ∇ +) I) x = rhs with
+    ``cg_steps`` conjugate-gradient steps warm-started at the previous x. The
+    returned estimate is z, which is feasible (non-negative).
+
+    ``rho`` (default 0.01‖H‖²) trades the speed of the data fit against that
+    of the prior; the fixed point does not depend on it.
+    """
+
+    name = "admm"
+
+    def __init__(
+        self, op, y, lam, rho=None, background=0.0, x0=None, prior="l1", cg_steps=3
+    ) -> None:
+        super().__init__(op, y, background)
+        if prior not in PRIORS:
+            raise LFMError(f"prior must be one of {PRIORS}, got {prior!r}")
+        if isinstance(cg_steps, bool) or not isinstance(cg_steps, int) or cg_steps < 1:
+            raise LFMError(f"cg_steps must be a positive integer, got {cg_steps!r}")
+        self.lam = _lam(op, lam, self.y)
+        self.rho = 0.01 * op.norm() ** 2 if rho is None else float(rho)
+        if not math.isfinite(self.rho) or self.rho <= 0:
+            raise LFMError(f"rho must be a positive number, got {rho}")
+        self.prior, self.cg_steps = prior, cg_steps
+        lateral, axial = op.voxel_size
+        self.z_weight = lateral / axial if axial > 0 else 0.0
+        # self.x is the split variable z (non-negative, what run() returns);
+        # self.primal the CG variable x of the data term.
+        self.x = _start(self, x0, uniform=False)
+        self.primal = self.x.clone()
+        self.u = torch.zeros_like(self.x)
+        self.rhs_data = self._ht(self.y - self.b)
+        if prior == "tv":
+            self.v = gradient3d(self.x, self.z_weight)
+            self.w = torch.zeros_like(self.v)
+
+    def _normal(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._ht(self._h(x)) + self.rho * x
+        if self.prior == "tv":
+            out = out + self.rho * divergence3d_adjoint(gradient3d(x, self.z_weight), self.z_weight)
+        return out
+
+    def step(self) -> None:
+        rhs = self.rhs_data + self.rho * (self.x - self.u)
+        if self.prior == "tv":
+            rhs = rhs + self.rho * divergence3d_adjoint(self.v - self.w, self.z_weight)
+        self.primal = conjugate_gradient(self._normal, rhs, self.primal, self.cg_steps)
+        if self.prior == "l1":
+            self.x = (self.primal + self.u - self.lam / self.rho).clamp_min(0)
+        else:
+            grad = gradient3d(self.primal, self.z_weight)
+            self.v = shrink_groups(grad + self.w, self.lam / self.rho)
+            self.w = self.w + grad - self.v
+            self.x = (self.primal + self.u).clamp_min(0)
+        self.u = self.u + self.primal - self.x
+
+    def objective(self) -> torch.Tensor:
+        """(B,) ½‖H z + b − y‖² + λ R(z) at the feasible iterate z."""
+        if self.prior == "l1":
+            reg = (self.lam * self.x.abs()).flatten(1).sum(dim=1)
+        else:
+            g = gradient3d(self.x, self.z_weight)
+            reg = (self.lam * g.pow(2).sum(dim=1).sqrt()).flatten(1).sum(dim=1)
+        return self._least_squares(self._h(self.x)) + reg
+
+
+# --- the functional front ------------------------------------------------------
+
+
+def richardson_lucy(
+    op: LightFieldOperator,
+    y,
+    n_iter: int,
+    *,
+    background=0.0,
+    x0=None,
+    callback: Callback | None = None,
+    history: History | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Richardson–Lucy deconvolution (Poisson maximum likelihood).
+
+    Args:
+        op: the light-field operator.
+        y: (B, 1, Y, X) light fields, counts (tensor or array).
+        n_iter: iterations (each one H and one Hᵀ).
+        background: counts per pixel added to H x: a number, (B,) per frame
+            or a tensor broadcastable to (B, 1, Y, X); ≥ 0.
+        x0: (B, D, Yv, Xv) non-negative start (default: uniform, at the
+            measured flux).
+        callback, history, progress: see :meth:`Solver.run`.
+
+    Returns:
+        (B, D, Yv, Xv) volume in photons per voxel, non-negative.
+    """
+    solver = RichardsonLucy(op, y, background, x0)
+    return solver.run(n_iter, callback=callback, history=history, progress=progress)
+
+
+def isra(
+    op: LightFieldOperator,
+    y,
+    n_iter: int,
+    *,
+    background=0.0,
+    x0=None,
+    callback: Callback | None = None,
+    history: History | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """ISRA (non-negative least squares, Gaussian noise); arguments and
+    result as :func:`richardson_lucy`."""
+    solver = ISRA(op, y, background, x0)
+    return solver.run(n_iter, callback=callback, history=history, progress=progress)
+
+
+def fista(
+    op: LightFieldOperator,
+    y,
+    lam,
+    n_iter: int,
+    *,
+    nonneg: bool = True,
+    monotone: bool = True,
+    background=0.0,
+    x0=None,
+    callback: Callback | None = None,
+    history: History | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """FISTA for ℓ1-regularised least squares, step 1/‖H‖² (:class:`FISTA`).
+
+    Args:
+        lam: λ ≥ 0, a number or a tensor broadcastable to (B, D, Yv, Xv), in
+            the units of H x; ``lam = f · lambda_max(op, y)`` with f in
+            (0, 1) is scale-free (f ≥ 1 gives x = 0).
+        nonneg: constrain x ≥ 0 (fluorescence).
+        monotone: never accept a step that raises the objective (MFISTA).
+        Others as :func:`richardson_lucy`; the default start is x = 0.
+
+    Returns:
+        (B, D, Yv, Xv) volume in photons per voxel.
+    """
+    solver = FISTA(op, y, lam, background, x0, nonneg, monotone)
+    return solver.run(n_iter, callback=callback, history=history, progress=progress)
+
+
+def admm(
+    op: LightFieldOperator,
+    y,
+    lam,
+    rho: float | None,
+    n_iter: int,
+    *,
+    prior: str = "l1",
+    cg_steps: int = 3,
+    background=0.0,
+    x0=None,
+    callback: Callback | None = None,
+    history: History | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """ADMM with a non-negative ℓ1 or total-variation prior (:class:`ADMM`).
+
+    Args:
+        lam: λ ≥ 0 (as in :func:`fista`; for TV it weighs Σ‖∇x‖).
+        rho: penalty ρ > 0, or None for 0.01‖H‖².
+        prior: ``"l1"`` or ``"tv"``.
+        cg_steps: CG steps per x-update (each one H and one Hᵀ).
+        Others as :func:`richardson_lucy`; the default start is x = 0.
+
+    Returns:
+        (B, D, Yv, Xv) non-negative volume in photons per voxel.
+    """
+    solver = ADMM(op, y, lam, rho, background, x0, prior, cg_steps)
+    return solver.run(n_iter, callback=callback, history=history, progress=progress)
+
+
+METHODS = ("rl", "isra", "fista", "admm")
+DEFAULT_ITERATIONS = {"rl": 30, "isra": 30, "fista": 100, "admm": 50}
+DEFAULT_LAMBDA_FRACTION = 0.01
+
+
+def solve(
+    op: LightFieldOperator,
+    y,
+    method: str,
+    n_iter: int | None = None,
+    *,
+    lam_fraction: float = DEFAULT_LAMBDA_FRACTION,
+    rho: float | None = None,
+    prior: str = "l1",
+    background=0.0,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Run a solver by name, with scale-free defaults (the CLI's entry).
+
+    Args:
+        method: one of :data:`METHODS` (``"rl"`` Richardson–Lucy).
+        n_iter: iterations (default :data:`DEFAULT_ITERATIONS` of the method,
+            the best counts of ``benchmarks/bench_solvers.py``).
+        lam_fraction: for FISTA and ADMM, λ = lam_fraction · λ_max(y) per
+            frame (:func:`lambda_max`), so one value serves any brightness.
+        rho, prior: ADMM's (see :func:`admm`).
+        y, background, progress: as :func:`richardson_lucy`.
+
+    Returns:
+        (B, D, Yv, Xv) volume in photons per voxel.
+    """
+    if method not in METHODS:
+        raise LFMError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    n_iter = DEFAULT_ITERATIONS[method] if n_iter is None else n_iter
+    kw = dict(background=background, progress=progress)
+    if method == "rl":
+        return richardson_lucy(op, y, n_iter, **kw)
+    if method == "isra":
+        return isra(op, y, n_iter, **kw)
+    if not math.isfinite(lam_fraction) or lam_fraction < 0:
+        raise LFMError(f"λ fraction must be finite and ≥ 0, got {lam_fraction}")
+    lam = lam_fraction * lambda_max(op, y, background)
+    if method == "fista":
+        return fista(op, y, lam, n_iter, **kw)
+    return admm(op, y, lam, rho, n_iter, prior=prior, **kw)
+
+
+def lambda_max(op: LightFieldOperator, y, background=0.0) -> torch.Tensor:
+    """(B,) the smallest λ for which x = 0 solves non-negative ℓ1 least
+    squares: max Hᵀ(y − b). A scale for λ: useful values are small fractions
+    of it."""
+    y = _lightfield(op, y)
+    b = _background(op, background, y)
+    with torch.no_grad():
+        return op._ht(y - b).flatten(1).amax(dim=1).clamp_min(0)
+
+
+def ista_step(op: LightFieldOperator, x, y, step, lam, background=0.0, nonneg=True):
+    """One proximal-gradient (ISTA) step, differentiable in x, step and λ:
+    threshold(x − step · Hᵀ(H x + b − y), step · λ). The unfolded network's
+    layer; FISTA applies the same step at its extrapolated point."""
+    return threshold(x - step * op.adjoint(op(x) + background - y), step * lam, nonneg)
+
+
+def threshold(v: torch.Tensor, t, nonneg: bool = True) -> torch.Tensor:
+    """Proximal map of t·‖·‖₁ (soft threshold), with x ≥ 0 if ``nonneg``."""
+    if nonneg:
+        return torch.relu(v - t)
+    return torch.sign(v) * torch.relu(v.abs() - t)
+
+
+# --- total variation ------------------------------------------------------------
+
+
+def gradient3d(x: torch.Tensor, z_weight: float = 1.0) -> torch.Tensor:
+    """Forward differences of (B, D, Yv, Xv) along z, y, x → (B, 3, D, Yv, Xv);
+    zero across the far border (Neumann); z differences scaled by ``z_weight``."""
+    g = x.new_zeros((x.shape[0], 3, *x.shape[1:]))
+    g[:, 0, :-1] = z_weight * (x[:, 1:] - x[:, :-1])
+    g[:, 1, :, :-1] = x[:, :, 1:] - x[:, :, :-1]
+    g[:, 2, :, :, :-1] = x[:, :, :, 1:] - x[:, :, :, :-1]
+    return g
+
+
+def divergence3d_adjoint(g: torch.Tensor, z_weight: float = 1.0) -> torch.Tensor:
+    """The exact adjoint of :func:`gradient3d` (minus the divergence):
+    (B, 3, D, Yv, Xv) → (B, D, Yv, Xv)."""
+    out = g.new_zeros((g.shape[0], *g.shape[2:]))
+    for axis, w in ((0, z_weight), (1, 1.0), (2, 1.0)):
+        d = g[:, axis] * w
+        dim = axis + 1
+        n = d.shape[dim]
+        head = d.narrow(dim, 0, n - 1)
+        out.narrow(dim, 0, n - 1).sub_(head)
+        out.narrow(dim, 1, n - 1).add_(head)
+    return out
+
+
+def shrink_groups(g: torch.Tensor, t) -> torch.Tensor:
+    """Group soft threshold of the 3-vectors g[:, :, d, p, q] (isotropic TV);
+    ``t`` broadcastable to (B, D, Yv, Xv)."""
+    norm = g.pow(2).sum(dim=1, keepdim=True).sqrt()
+    t = torch.as_tensor(t, dtype=g.dtype, device=g.device)
+    if t.ndim == 4:
+        t = t.unsqueeze(1)
+    return g * torch.relu(1 - t / norm.clamp_min(torch.finfo(g.dtype).tiny))
+
+
+def conjugate_gradient(apply_a, rhs: torch.Tensor, x: torch.Tensor, n_steps: int):
+    """``n_steps`` of CG on A x = rhs, A symmetric positive definite, one
+    independent system per batch entry (per-frame step lengths)."""
+
+    def dot(a, b):
+        return (a * b).flatten(1).sum(dim=1).reshape(-1, *([1] * (a.ndim - 1)))
+
+    r = rhs - apply_a(x)
+    p = r
+    rr = dot(r, r)
+    tiny = torch.finfo(rhs.dtype).tiny
+    for _ in range(n_steps):
+        ap = apply_a(p)
+        alpha = rr / dot(p, ap).clamp_min(tiny)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = dot(r, r)
+        p = r + (rr_new / rr.clamp_min(tiny)) * p
+        rr = rr_new
+    return x
+
+
+# --- input handling ---------------------------------------------------------------
+
+
+def _lightfield(op: LightFieldOperator, y) -> torch.Tensor:
+    if isinstance(y, np.ndarray):
+        y = torch.from_numpy(np.ascontiguousarray(y))
+    if not isinstance(y, torch.Tensor):
+        raise LFMError(f"light field must be a tensor or array, got {type(y).__name__}")
+    if y.ndim != 4 or y.shape[1] != 1:
+        raise LFMError(
+            f"light field must be (B, 1, Y, X), got {tuple(y.shape)}; for one 2-D image"
+            " use y[None, None]"
+        )
+    if y.dtype == torch.bool or y.is_complex():
+        raise LFMError(f"light field must hold real numbers (counts), got {y.dtype}")
+    y = y.to(device=op.device, dtype=op.dtype)
+    op._check_lightfield(y)
+    if not op.check_inputs and not torch.isfinite(y).all():
+        raise LFMError("light field contains NaN or infinity")
+    return y
+
+
+def _background(op: LightFieldOperator, background, y: torch.Tensor) -> torch.Tensor:
+    b = torch.as_tensor(background, dtype=op.dtype, device=op.device)
+    if b.ndim == 1:
+        b = b.reshape(-1, 1, 1, 1)
+    try:
+        torch.broadcast_shapes(b.shape, y.shape)
+    except RuntimeError:
+        raise LFMError(
+            f"background of shape {tuple(b.shape)} does not fit light fields"
+            f" {tuple(y.shape)}; give a number, (B,) values or a (B, 1, Y, X) image"
+        ) from None
+    if not torch.isfinite(b).all() or (b < 0).any():
+        raise LFMError("background must be finite and ≥ 0 (counts per pixel)")
+    return b
+
+
+def _lam(op: LightFieldOperator, lam, y: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(lam, dtype=op.dtype, device=op.device)
+    if t.ndim == 1:
+        t = t.reshape(-1, 1, 1, 1)
+    if not torch.isfinite(t).all() or (t < 0).any():
+        raise LFMError(
+            f"λ must be finite and ≥ 0, got {lam}; λ weighs the sparsity prior (0 = none)"
+        )
+    return t
+
+
+def _start(solver: Solver, x0, uniform: bool = True) -> torch.Tensor:
+    """The initial volume: x0 if given, else uniform at the measured flux
+    (multiplicative solvers cannot leave 0) or zero."""
+    op, y = solver.op, solver.y
+    shape = (y.shape[0], *op.volume_shape((y.shape[2] // op.nnum, y.shape[3] // op.nnum)))
+    if x0 is not None:
+        if isinstance(x0, np.ndarray):
+            x0 = torch.from_numpy(x0)
+        x0 = torch.as_tensor(x0).to(device=op.device, dtype=op.dtype)
+        if tuple(x0.shape) != shape:
+            raise LFMError(f"x0 has shape {tuple(x0.shape)}, expected {shape}")
+        if not torch.isfinite(x0).all() or (uniform and (x0 < 0).any()):
+            raise LFMError("x0 must be finite (and ≥ 0 for multiplicative solvers)")
+        return x0.clone()
+    if not uniform:
+        return y.new_zeros(shape)
+    flux = (y - solver.b).clamp_min(0).sum(dim=(1, 2, 3))
+    total = solver._ht(torch.ones_like(y[:1])).sum()
+    return (flux / total).reshape(-1, 1, 1, 1).expand(shape).clone()
+
+
+def _safe_divide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a / b where b > 0, else 0 (RL's 0/0 cases: no light predicted and
+    none measured, or voxels that no pixel sees)."""
+    return torch.where(b > 0, a / torch.where(b > 0, b, 1), 0)

@@ -1,0 +1,130 @@
+"""`lfm-recon reconstruct` and `evaluate`, and the TIFF files they use."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from lfm_recon import LightFieldOperator
+from lfm_recon.cli import main
+from lfm_recon.data import simulate_dataset
+from lfm_recon.io import read_lightfield, read_volume_tiff, write_volume_tiff
+from lfm_recon.solvers import richardson_lucy
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, small_bank):
+    """A bank, a 4-sample data set and one light-field TIFF (uint16 counts)."""
+    root = tmp_path_factory.mktemp("recon")
+    small_bank.save(root / "bank.h5")
+    data = simulate_dataset(small_bank, 3, 0, lenslets=(6, 6), background=5.0, seed=1)
+    data.save(root / "data.h5")
+    tifffile.imwrite(root / "lf.tif", data.lightfields[0, 0].astype(np.uint16))
+    return root, data
+
+
+def test_reconstruct_writes_the_api_result_with_its_voxel_size(files, small_bank, capsys):
+    root, data = files
+    out = root / "vol.tif"
+    argv = ["reconstruct", str(root / "lf.tif"), "--psf", str(root / "bank.h5")]
+    assert main([*argv, "--iterations", "7", "--background", "5", "-o", str(out), "-q"]) == 0
+    volume, (lateral, axial) = read_volume_tiff(out)
+    assert lateral == pytest.approx(small_bank.voxel_size[0], rel=1e-6)
+    assert axial == pytest.approx(20.0)
+    op = LightFieldOperator(small_bank)
+    y = torch.from_numpy(data.lightfields[:1].astype(np.uint16).astype(np.float32))
+    expected = richardson_lucy(op, y, 7, background=5.0)[0].numpy()
+    np.testing.assert_allclose(volume, expected, rtol=1e-5, atol=1e-6 * expected.max())
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_imagej and tif.imagej_metadata["unit"] == "um"
+        assert tif.imagej_metadata["Labels"][0] == "z = -20 µm"
+
+
+@pytest.mark.parametrize("method", ["isra", "fista", "admm"])
+def test_reconstruct_other_methods(files, method, capsys):
+    root, _ = files
+    out = root / f"{method}.tif"
+    argv = ["reconstruct", str(root / "lf.tif"), "--psf", str(root / "bank.h5"), "-o", str(out)]
+    assert main([*argv, "--method", method, "--iterations", "3"]) == 0
+    assert f"{method}, 3 iterations" in capsys.readouterr().out
+    volume, _ = read_volume_tiff(out)
+    assert volume.shape == (3, 18, 18) and volume.min() >= 0
+
+
+def test_evaluate_prints_a_table_and_writes_json(files, capsys):
+    root, _ = files
+    table = root / "table.json"
+    argv = ["evaluate", str(root / "data.h5"), "--psf", str(root / "bank.h5")]
+    assert main([*argv, "--method", "rl", "fista", "--iterations", "5", "--json", str(table)]) == 0
+    out = capsys.readouterr().out
+    assert "PSNR" in out and "rl" in out and "fista" in out
+    rows = json.loads(table.read_text())
+    assert [r["method"] for r in rows] == ["rl", "fista"]
+    assert all(10 < r["psnr"] < 80 and 0 <= r["f1"] <= 1 for r in rows)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        pytest.param(["--lam", "-1", "--method", "fista"], "λ fraction must be", id="negative-lam"),
+        pytest.param(["--iterations", "-3"], "n_iter must be", id="iterations"),
+        pytest.param(["--device", "cuda:7x"], "not a torch device", id="device"),
+    ],
+)
+def test_reconstruct_bad_options(files, extra, message, capsys):
+    root, _ = files
+    argv = ["reconstruct", str(root / "lf.tif"), "--psf", str(root / "bank.h5")]
+    assert main([*argv, "-o", str(root / "x.tif"), "-q", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (root / "x.tif").exists()
+
+
+def test_reconstruct_bad_files(files, tmp_path, capsys):
+    root, data = files
+    bank = str(root / "bank.h5")
+    cases = {
+        "wrong-size": (data.lightfields[0, 0, :50, :], "50×90 px but the PSF bank has nnum = 15"),
+        "all-zero": (np.zeros((90, 90), np.uint16), "no signal above the background"),
+        "nan": (np.full((90, 90), np.nan, np.float32), "NaN"),
+        "stack": (np.ones((4, 90, 90), np.uint16), "one 2-D light-field frame"),
+    }
+    for name, (image, message) in cases.items():
+        tifffile.imwrite(tmp_path / f"{name}.tif", image)
+        argv = ["reconstruct", str(tmp_path / f"{name}.tif"), "--psf", bank]
+        assert main([*argv, "-o", str(tmp_path / "o.tif"), "-q"]) == 2, name
+        assert message in capsys.readouterr().err, name
+    (tmp_path / "junk.tif").write_text("not a tiff")
+    argv = ["reconstruct", str(tmp_path / "junk.tif"), "--psf", bank, "-o", str(tmp_path / "o.tif")]
+    assert main(argv) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_evaluate_refuses_a_data_set_of_another_bank(files, tmp_path, reference, capsys):
+    from lfm_recon import generate_psf
+
+    root, _ = files
+    other = generate_psf(reference, np.array([0.0]), 1)
+    other.save(tmp_path / "other.h5")
+    assert main(["evaluate", str(root / "data.h5"), "--psf", str(tmp_path / "other.h5")]) == 2
+    assert "simulated with PSF bank" in capsys.readouterr().err
+
+
+def test_volume_tiff_round_trip_and_atomic_failure(tmp_path):
+    vol = np.random.default_rng(0).random((2, 3, 4, 5)).astype(np.float32)
+    write_volume_tiff(tmp_path / "t.tif", vol, (0.75, 4.0), depths=[-4, 0, 4])
+    back, size = read_volume_tiff(tmp_path / "t.tif")
+    np.testing.assert_array_equal(back, vol)
+    assert size == pytest.approx((0.75, 4.0))
+    with pytest.raises(Exception, match="must be"):
+        write_volume_tiff(tmp_path / "t.tif", vol[0, 0], (1, 1))
+    np.testing.assert_array_equal(read_volume_tiff(tmp_path / "t.tif")[0], vol)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.tif"]
+
+
+def test_read_lightfield_squeezes_one_page(tmp_path):
+    tifffile.imwrite(tmp_path / "a.tif", np.ones((1, 30, 45), np.uint16))
+    image = read_lightfield(tmp_path / "a.tif")
+    assert image.shape == (30, 45) and image.dtype == np.float32
