@@ -101,3 +101,76 @@ def plot_volume_and_lightfield(
     path = Path(path)
     fig.savefig(path)
     return path
+
+
+def plot_lenslet_grid(white: np.ndarray, calibration_or_grid, path: str | Path) -> Path:
+    """Save the fitted lenslet centres over a white frame: full view + zooms.
+
+    Left: the whole frame with every fitted centre (and, for a
+    :class:`~lfm_recon.calibration.Calibration`, the rectified crop outlined).
+    Middle and right: about 6×6 lenslets at pixel scale around the frame
+    centre and at the top-left corner, where each cross should sit in the
+    middle of its spot (a wrong pitch or rotation shows up at the corner).
+
+    Args:
+        white: (Y, X) white (radiometry) frame, raw px; a (T, Y, X) stack is
+            averaged.
+        calibration_or_grid: a ``Calibration`` or a ``LensletGrid``.
+        path: output PNG path.
+
+    Returns:
+        The path written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .calibration import Calibration
+
+    calibration = calibration_or_grid if isinstance(calibration_or_grid, Calibration) else None
+    grid = calibration.grid if calibration else calibration_or_grid
+    white = np.asarray(white, dtype=np.float64)
+    if white.ndim == 3:
+        white = white.mean(axis=0)
+    ny, nx = white.shape
+    ci, cj = grid.raw_to_lenslet([0, 0, ny - 1, ny - 1], [0, nx - 1, 0, nx - 1])
+    i, j = np.meshgrid(
+        np.arange(np.floor(ci.min()), np.ceil(ci.max()) + 1),
+        np.arange(np.floor(cj.min()), np.ceil(cj.max()) + 1),
+        indexing="ij",
+    )
+    cy, cx = grid.lenslet_to_raw(i.ravel(), j.ravel())
+    inside = (cy > -0.5) & (cy < ny - 0.5) & (cx > -0.5) & (cx < nx - 0.5)
+    cy, cx = cy[inside], cx[inside]
+    lo, hi = np.percentile(white, [0.5, 99.5])
+    half = 3 * max(grid.pitch_y, grid.pitch_x)
+    views = [
+        ("centre of the frame", ((ny - 1) / 2, (nx - 1) / 2)),
+        ("top-left corner", (half - 0.5, half - 0.5)),
+    ]
+
+    fig = Figure(figsize=(16, 5.8), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
+    for ax in axes:
+        ax.imshow(white, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+    full = axes[0]
+    full.plot(cx, cy, ".", color="tab:red", ms=min(3.0, 1200 / max(ny, nx)), mew=0)
+    if calibration is not None:
+        (i0, j0), (li, lj) = calibration.first_lenslet, calibration.lenslets
+        ei = np.array([i0, i0, i0 + li, i0 + li, i0]) - 0.5
+        ej = np.array([j0, j0 + lj, j0 + lj, j0, j0]) - 0.5
+        ey, ex = grid.lenslet_to_raw(ei, ej)
+        full.plot(ex, ey, "-", color="tab:cyan", lw=1, label="rectified crop")
+        full.legend(loc="lower right", fontsize=8)
+    full.set_title(f"white frame {ny}×{nx} px, {len(cy)} fitted centres", fontsize=10)
+    for ax, (title, (y0, x0)) in zip(axes[1:], views, strict=True):
+        near = (abs(cy - y0) < half + 1) & (abs(cx - x0) < half + 1)
+        ax.plot(cx[near], cy[near], "+", color="tab:red", ms=12, mew=1.5)
+        ax.set_xlim(x0 - half, x0 + half)
+        ax.set_ylim(y0 + half, y0 - half)
+        ax.set_title(f"{title} (pixel scale)", fontsize=10)
+    fig.suptitle(grid.describe(), fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
