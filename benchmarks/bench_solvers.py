@@ -99,6 +99,8 @@ def main() -> None:
     parser.add_argument("--max-iter", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=5, help="timing repeats")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--no-timing", action="store_true", help="only the quality curves")
+    parser.add_argument("--no-curves", action="store_true", help="only the timings")
     args = parser.parse_args()
     bank, data = sample()
     op = LightFieldOperator(bank)
@@ -106,9 +108,10 @@ def main() -> None:
     print(f"threads {torch.get_num_threads()}, {args.frames} volumes, device {op.device}")
 
     results = {"timing": {}, "curves": []}
+    methods = () if args.no_timing else S.METHODS
     print("\n| method | s/iteration/volume (batch 1) | (batch 8) | vs 4.4 s | vs matmul (b8) |")
     print("|---|---|---|---|---|")
-    for method in S.METHODS:
+    for method in methods:
         t = timing(op, data, method, args.repeat, background)
         results["timing"][method] = t
         s1, s8 = t[1]["s_per_iter_per_volume"], t[8]["s_per_iter_per_volume"]
@@ -119,7 +122,7 @@ def main() -> None:
 
     print("\n| method | best iteration | PSNR dB | SSIM | Pearson | F1 | residual | seconds |")
     print("|---|---|---|---|---|---|---|---|")
-    for label, method, f, prior, n_iter in _runs(args.max_iter):
+    for label, method, f, prior, n_iter in () if args.no_curves else _runs(args.max_iter):
         start = time.perf_counter()
         c = curve(op, data, args.frames, label, method, f, prior, n_iter, background)
         c["seconds"] = time.perf_counter() - start
