@@ -15,12 +15,14 @@ from .errors import LFMError
 from .microscope import Microscope, list_presets
 from .operator import LightFieldOperator
 from .psf import PSFBank, generate_psf
+from .unfolded import UnfoldedISTA
 
 __all__ = [
     "LFMError",
     "LightFieldOperator",
     "Microscope",
     "PSFBank",
+    "UnfoldedISTA",
     "__version__",
     "generate_psf",
     "list_presets",

@@ -247,6 +247,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .training import TrainConfig, train
+
+    config = TrainConfig.from_file(args.config, output=args.output)
+    if not args.quiet:
+        print(f"training run {config.output} (config {args.config})")
+    result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    if not args.quiet:
+        best = result.best
+        if best:
+            print(
+                f"best validation PSNR {best['psnr']:.2f} dB, SSIM {best['ssim']:.3f},"
+                f" F1 {best['f1']:.3f} at step {best['step']}; wrote {result.model_path}"
+            )
+        else:
+            print(f"{result.step} steps done; model in {result.model_path}")
+
+
 def _device(name: str):
     import torch
 
@@ -364,6 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     p.add_argument("--json", default=None, help="also write the table as JSON here")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("train", help="train the unfolded network (config file, TOML)")
+    p.add_argument("config", help="training configuration .toml (see lfm_recon.training.config)")
+    p.add_argument("--output", default=None, help="run folder (overrides the config's output)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start again over an existing run")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("info", help="describe a PSF bank, a microscope file or a preset")
     p.add_argument(

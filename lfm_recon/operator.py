@@ -95,6 +95,7 @@ class LightFieldOperator(nn.Module):
         self.n_depths = bank.n_depths
         self.voxels_per_lenslet = bank.voxels_per_lenslet
         self.nnum = bank.nnum
+        self.bank = bank  # the source of the weights (numpy, stays on the host)
         self.bank_sha256 = bank.sha256
         self.depths = tuple(float(z) for z in bank.depths)
         self.voxel_size = bank.voxel_size  # (lateral, axial) µm
@@ -170,6 +171,16 @@ class LightFieldOperator(nn.Module):
     def adjoint(self, lightfield: torch.Tensor) -> torch.Tensor:
         """Hᵀ: (B, 1, Y, X) light field → (B, D, Yv, Xv) volume (differentiable)."""
         self._check_lightfield(lightfield)
+        return _Adjoint.apply(lightfield, self)
+
+    def project(self, volume: torch.Tensor) -> torch.Tensor:
+        """H without the input checks, differentiable: for inner loops (the
+        unfolded network) whose input was checked once. (B, D, Yv, Xv) →
+        (B, 1, Y, X), in the operator's dtype and device."""
+        return _Forward.apply(volume, self)
+
+    def backproject(self, lightfield: torch.Tensor) -> torch.Tensor:
+        """Hᵀ without the input checks, differentiable (see :meth:`project`)."""
         return _Adjoint.apply(lightfield, self)
 
     def _h(self, volume: torch.Tensor) -> torch.Tensor:

@@ -73,8 +73,8 @@ class Solver:
         if not isinstance(op, LightFieldOperator):
             raise LFMError(f"op must be a LightFieldOperator, got {type(op).__name__}")
         self.op = op
-        self.y = _lightfield(op, y)
-        self.b = _background(op, background, self.y)
+        self.y = as_lightfield(op, y)
+        self.b = as_background(op, background, self.y)
         signal = (self.y - self.b).clamp_min(0).sum(dim=(1, 2, 3))
         empty = torch.nonzero(signal <= 0).flatten().tolist()
         if empty:
@@ -489,8 +489,8 @@ def lambda_max(op: LightFieldOperator, y, background=0.0) -> torch.Tensor:
     """(B,) the smallest λ for which x = 0 solves non-negative ℓ1 least
     squares: max Hᵀ(y − b). A scale for λ: useful values are small fractions
     of it."""
-    y = _lightfield(op, y)
-    b = _background(op, background, y)
+    y = as_lightfield(op, y)
+    b = as_background(op, background, y)
     with torch.no_grad():
         return op._ht(y - b).flatten(1).amax(dim=1).clamp_min(0)
 
@@ -571,7 +571,9 @@ def conjugate_gradient(apply_a, rhs: torch.Tensor, x: torch.Tensor, n_steps: int
 # --- input handling ---------------------------------------------------------------
 
 
-def _lightfield(op: LightFieldOperator, y) -> torch.Tensor:
+def as_lightfield(op: LightFieldOperator, y) -> torch.Tensor:
+    """Light fields (B, 1, Y, X) (tensor or array) on the operator's device and
+    dtype, checked once: shape against the bank, real values, no NaN/Inf."""
     if isinstance(y, np.ndarray):
         y = torch.from_numpy(np.ascontiguousarray(y))
     if not isinstance(y, torch.Tensor):
@@ -590,7 +592,9 @@ def _lightfield(op: LightFieldOperator, y) -> torch.Tensor:
     return y
 
 
-def _background(op: LightFieldOperator, background, y: torch.Tensor) -> torch.Tensor:
+def as_background(op: LightFieldOperator, background, y: torch.Tensor) -> torch.Tensor:
+    """A background (counts per pixel, ≥ 0) as a tensor broadcastable to y:
+    a number, (B,) per frame, or an image broadcastable to (B, 1, Y, X)."""
     b = torch.as_tensor(background, dtype=op.dtype, device=op.device)
     if b.ndim == 1:
         b = b.reshape(-1, 1, 1, 1)

@@ -1,0 +1,342 @@
+"""One TOML file describes a training run completely.
+
+Sections and their fields are the dataclasses below; every field has a
+default except ``psf`` and ``data.train``. Unknown keys and impossible values
+are errors that name the key and what is allowed. Relative paths are taken
+from the config file's folder. Example (all sections optional but [data]):
+
+    psf = "bank.h5"              # the PSF bank the data sets were made with
+    output = "run"               # checkpoint.pt, model.pt, metrics.jsonl
+    seed = 0
+    device = "auto"              # auto | cpu | cuda | cuda:1
+    precision = "fp32"           # fp32 | tf32 | bf16 (the last two on CUDA)
+
+    [model]                      # lfm_recon.unfolded.UnfoldedConfig
+    n_layers = 8
+
+    [data]
+    train = "data.h5"            # lfm-recon simulate: paired + unlabeled
+    n_labelled = 4
+
+    [loss]
+    resynthesis = 0.1
+    adversarial = 0.01
+
+    [optim]
+    steps = 2000
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import LFMError
+from ..unfolded import UnfoldedConfig
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+GANS = ("lsgan", "wgan-gp")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the network learns from.
+
+    Attributes:
+        train: HDF5 data set (``lfm-recon simulate``) with paired samples
+            (volumes + light fields) and unlabeled light fields.
+        validation: HDF5 data set scored each epoch; empty: hold out the last
+            ``n_validation`` paired samples of ``train``.
+        n_validation: paired samples held out when ``validation`` is empty.
+        n_labelled: paired samples of ``train`` used with their volumes (the
+            first ones; 0 = all that are not held out).
+        unlabeled: further unlabeled light fields: HDF5 data sets (their
+            ``unlabeled`` set) or TIFF stacks (T, Y, X) of rectified frames.
+        use_train_unlabeled: also use ``train``'s unlabeled light fields.
+        tiff_background: background of the TIFF light fields, counts per pixel.
+        patch_lenslets: side of the random lenslet-aligned patches, lenslets
+            (0 = whole frames).
+        batch_size: labelled patches per step (all processes together).
+        unlabeled_batch_size: unlabeled patches per step (all processes).
+        augment: random flips and transposes, where the PSF bank has those
+            symmetries (checked), so H commutes with them.
+    """
+
+    train: str
+    validation: str = ""
+    n_validation: int = 4
+    n_labelled: int = 0
+    unlabeled: tuple[str, ...] = ()
+    use_train_unlabeled: bool = True
+    tiff_background: float = 0.0
+    patch_lenslets: int = 11
+    batch_size: int = 4
+    unlabeled_batch_size: int = 4
+    augment: bool = True
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights (0 switches a term off).
+
+    Attributes:
+        supervised: relative squared error ‖x̂ − x‖²/‖x‖² of the
+            reconstruction against the ground-truth volume.
+        ssim: weight of 1 − SSIM (3-D, σ 1.5 voxels) on labelled samples.
+        resynthesis: relative squared residual ‖H x̂ + b − y‖²/‖y‖², on
+            labelled and unlabeled light fields.
+        resynthesis_highpass: σ in lenslets of a Gaussian low-pass removed from
+            the re-synthesis residual (ignores slow background); 0 = off.
+        adversarial: generator-side adversarial loss (after warm-up).
+        gan: ``"lsgan"`` (least squares) or ``"wgan-gp"``.
+        gradient_penalty: WGAN-GP's penalty weight.
+    """
+
+    supervised: float = 1.0
+    ssim: float = 0.0
+    resynthesis: float = 0.1
+    resynthesis_highpass: float = 0.0
+    adversarial: float = 0.0
+    gan: str = "lsgan"
+    gradient_penalty: float = 10.0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimisation (Adam) and schedule.
+
+    Attributes:
+        steps: training steps in all (a resumed run continues to it).
+        warmup_steps: steps with the supervised and re-synthesis losses only;
+            the adversarial stage starts after them.
+        lr: learning rate of the step and threshold parameters.
+        prior_lr: learning rate of the CNN prior (model.prior = "cnn").
+        discriminator_lr: learning rate of the discriminator.
+        grad_clip: largest gradient norm (global, per step).
+        time_budget: seconds of training after which the run stops (counted
+            across resumes; 0 = no limit).
+    """
+
+    steps: int = 1000
+    warmup_steps: int = 200
+    lr: float = 0.02
+    prior_lr: float = 1e-3
+    discriminator_lr: float = 2e-4
+    grad_clip: float = 1.0
+    time_budget: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run (see the module doc for the file).
+
+    Attributes:
+        psf: PSF bank file (HDF5).
+        output: run folder (checkpoint.pt, model.pt, metrics.jsonl).
+        seed: seeds initialisation, batches and augmentations (a run is
+            reproducible on the CPU, also after --resume).
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``fp32``; ``tf32`` or ``bf16`` (CUDA only) for the
+            operator's convolutions and the CNNs.
+        steps_per_epoch: validation (PSNR/SSIM, best model kept) every so
+            many steps.
+        checkpoint_every: checkpoint (with optimiser state) every so many steps.
+        tensorboard: also write TensorBoard scalars and MIP images (needs the
+            ``tensorboard`` package).
+    """
+
+    psf: str
+    data: DataConfig
+    output: str = "run"
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    steps_per_epoch: int = 100
+    checkpoint_every: int = 100
+    tensorboard: bool = False
+    model: UnfoldedConfig = field(default_factory=UnfoldedConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+    # --- files -----------------------------------------------------------------
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
+        """Read a TOML file; relative paths are resolved against its folder.
+        ``overrides`` replace top-level fields (e.g. ``output``)."""
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise LFMError(f"cannot read training config {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise LFMError(f"{path} is not valid TOML: {exc}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values, base=path.parent, source=str(path))
+
+    @classmethod
+    def from_dict(cls, values: dict, *, base: Path | None = None, source="config") -> TrainConfig:
+        """Build from nested dicts (the TOML structure); see :meth:`from_file`."""
+        values = dict(values)
+        sections = {"model": UnfoldedConfig, "data": DataConfig, "loss": LossConfig}
+        sections["optim"] = OptimConfig
+        for name, kind in sections.items():
+            raw = values.get(name, {} if name != "data" else None)
+            if raw is None:
+                raise LFMError(f"{source}: the [data] section with `train = ...` is required")
+            if not isinstance(raw, dict):
+                raise LFMError(f"{source}: [{name}] must be a table of keys, got {raw!r}")
+            values[name] = _build(kind, raw, f"{source} [{name}]")
+        top = _build(cls, values, source, nested=tuple(sections))
+        if base is not None:
+            top = top.resolved(base)
+        return top
+
+    def resolved(self, base: Path) -> TrainConfig:
+        """The same run with relative paths taken from ``base``."""
+
+        def fix(p: str) -> str:
+            return p if not p or Path(p).is_absolute() else str(Path(base) / p)
+
+        data = dataclasses.replace(
+            self.data,
+            train=fix(self.data.train),
+            validation=fix(self.data.validation),
+            unlabeled=tuple(fix(p) for p in self.data.unlabeled),
+        )
+        return dataclasses.replace(self, psf=fix(self.psf), output=fix(self.output), data=data)
+
+    def to_dict(self) -> dict:
+        """Nested plain dict (TOML/JSON-ready)."""
+        d = dataclasses.asdict(self)
+        d["data"]["unlabeled"] = list(self.data.unlabeled)
+        return d
+
+    def to_toml(self) -> str:
+        """TOML text that :meth:`from_file` reads back to the same config."""
+        lines = []
+        d = self.to_dict()
+        for key, value in d.items():
+            if not isinstance(value, dict):
+                lines.append(f"{key} = {_toml_value(value)}")
+        for key, value in d.items():
+            if isinstance(value, dict):
+                lines.append(f"\n[{key}]")
+                lines.extend(f"{k} = {_toml_value(v)}" for k, v in value.items())
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def _build(kind, raw: dict, source: str, nested: tuple = ()):
+    """kind(**raw) with unknown keys and wrong types named."""
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise LFMError(f"{source}: unknown key(s) {unknown}; allowed keys are {sorted(fields)}")
+    values = {}
+    for name, value in raw.items():
+        if name in nested:
+            values[name] = value
+            continue
+        default = fields[name].default
+        expected = type(default) if default is not dataclasses.MISSING else str
+        if expected is tuple:
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise LFMError(f"{source}: {name} must be a list of file names, got {value!r}")
+            value = tuple(value)
+        elif expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise LFMError(f"{source}: {name} must be {_type_name(expected)}, got {value!r}")
+        values[name] = value
+    missing = [n for n, f in fields.items() if _required(f) and n not in values]
+    if missing:
+        raise LFMError(f"{source}: missing required key(s) {missing}")
+    try:
+        return kind(**values)
+    except LFMError as exc:
+        raise LFMError(f"{source}: {exc}") from None
+
+
+def _required(f) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _type_name(t) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        t, t.__name__
+    )
+
+
+def _check(c: TrainConfig) -> None:
+    """Impossible values, named with what is allowed."""
+    d, loss, o = c.data, c.loss, c.optim
+    if not c.psf:
+        raise LFMError("psf: give the PSF bank file (.h5) the data sets were made with")
+    if not d.train:
+        raise LFMError("data.train: give the HDF5 data set to train on (lfm-recon simulate)")
+    if c.precision not in PRECISIONS:
+        raise LFMError(f"precision must be one of {PRECISIONS}, got {c.precision!r}")
+    if loss.gan not in GANS:
+        raise LFMError(f"loss.gan must be one of {GANS}, got {loss.gan!r}")
+    for name, value in (
+        ("steps_per_epoch", c.steps_per_epoch),
+        ("checkpoint_every", c.checkpoint_every),
+        ("data.batch_size", d.batch_size),
+        ("optim.steps", o.steps),
+    ):
+        if value < 1:
+            raise LFMError(f"{name} must be ≥ 1, got {value}")
+    for name, value in (
+        ("data.n_validation", d.n_validation),
+        ("data.n_labelled", d.n_labelled),
+        ("data.patch_lenslets", d.patch_lenslets),
+        ("data.unlabeled_batch_size", d.unlabeled_batch_size),
+        ("optim.warmup_steps", o.warmup_steps),
+        ("seed", c.seed),
+    ):
+        if value < 0:
+            raise LFMError(f"{name} must be ≥ 0, got {value}")
+    for name, value in (
+        ("loss.supervised", loss.supervised),
+        ("loss.ssim", loss.ssim),
+        ("loss.resynthesis", loss.resynthesis),
+        ("loss.resynthesis_highpass", loss.resynthesis_highpass),
+        ("loss.adversarial", loss.adversarial),
+        ("loss.gradient_penalty", loss.gradient_penalty),
+        ("data.tiff_background", d.tiff_background),
+        ("optim.time_budget", o.time_budget),
+    ):
+        if not math.isfinite(value) or value < 0:
+            raise LFMError(f"{name} must be a finite number ≥ 0, got {value}")
+    for name, value in (
+        ("optim.lr", o.lr),
+        ("optim.prior_lr", o.prior_lr),
+        ("optim.discriminator_lr", o.discriminator_lr),
+        ("optim.grad_clip", o.grad_clip),
+    ):
+        if not math.isfinite(value) or value <= 0:
+            raise LFMError(f"{name} must be a finite number > 0, got {value}")
+    if loss.supervised + loss.ssim + loss.resynthesis + loss.adversarial == 0:
+        raise LFMError("all loss weights are 0: set at least loss.supervised or loss.resynthesis")
+    if loss.supervised + loss.ssim + loss.resynthesis == 0:
+        raise LFMError(
+            "the adversarial loss alone does not tie reconstructions to their light fields;"
+            " also set loss.supervised or loss.resynthesis"
+        )
+    if d.unlabeled_batch_size == 0 and not (loss.supervised or loss.ssim):
+        raise LFMError("no labelled loss and data.unlabeled_batch_size = 0: nothing to learn from")

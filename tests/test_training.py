@@ -1,0 +1,277 @@
+"""Training: config validation, physics-consistent augmentation, learning,
+exact resume, divergence handling, torchrun (gloo, 2 processes) = 1 process,
+and the `lfm-recon train` command."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from banks import Config, random_bank
+
+from lfm_recon import LFMError, LightFieldOperator
+from lfm_recon.cli import main
+from lfm_recon.data import simulate_dataset
+from lfm_recon.evaluate import evaluate
+from lfm_recon.modelfile import load_model, read_model_file
+from lfm_recon.training import TrainConfig, TrainingDiverged, train
+from lfm_recon.training.data import augment, bank_symmetries
+
+CONFIG = """
+psf = "bank.h5"
+output = "run"
+seed = 3
+steps_per_epoch = 4
+checkpoint_every = 2
+
+[model]
+n_layers = 3
+
+[data]
+train = "data.h5"
+n_validation = 2
+patch_lenslets = 5
+batch_size = 2
+unlabeled_batch_size = 2
+
+[loss]
+resynthesis = 0.5
+adversarial = 0.05
+
+[optim]
+steps = 8
+warmup_steps = 4
+lr = 0.05
+"""
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, small_bank):
+    """A bank, a data set of 8 paired + 6 unlabeled 7×7-lenslet samples, a config."""
+    root = tmp_path_factory.mktemp("train")
+    small_bank.save(root / "bank.h5")
+    data = simulate_dataset(small_bank, 8, 6, lenslets=(7, 7), background=5.0, seed=11)
+    data.save(root / "data.h5")
+    (root / "config.toml").write_text(CONFIG)
+    return root
+
+
+def config(root: Path, text: str = CONFIG, **top) -> TrainConfig:
+    path = root / "config.toml"
+    path.write_text(text)
+    return TrainConfig.from_file(path, **top)
+
+
+def params(net) -> dict:
+    return {k: v.detach().clone() for k, v in net.state_dict().items() if not k.startswith("op.")}
+
+
+# --- config -----------------------------------------------------------------------------
+def test_config_file_round_trip(workspace):
+    cfg = config(workspace)
+    assert cfg.model.n_layers == 3 and cfg.loss.adversarial == 0.05
+    assert Path(cfg.psf) == workspace / "bank.h5"  # relative to the config file
+    again = workspace / "again.toml"
+    again.write_text(cfg.to_toml())
+    assert TrainConfig.from_file(again) == cfg
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        pytest.param(
+            ("[model]", "[model]\nlayers = 3"),
+            r"\[model\]: unknown key\(s\) \['layers'\]",
+            id="unknown-key",
+        ),
+        pytest.param(
+            ("lr = 0.05", "lr = -1.0"), "optim.lr must be a finite number > 0", id="negative-lr"
+        ),
+        pytest.param(
+            ("n_layers = 3", "n_layers = 2.5"), "n_layers must be an integer", id="float-layers"
+        ),
+        pytest.param(("seed = 3", 'precision = "fp8"'), "precision must be one of", id="precision"),
+        pytest.param(("[loss]", '[loss]\ngan = "vanilla"'), "loss.gan must be one of", id="gan"),
+        pytest.param(
+            ("batch_size = 2", "batch_size = 0"), "data.batch_size must be ≥ 1", id="batch"
+        ),
+        pytest.param(
+            ('train = "data.h5"', ""), r"missing required key\(s\) \['train'\]", id="no-train"
+        ),
+        pytest.param(("[optim]", "[optim]\n[optim.extra]"), "unknown key", id="nested-table"),
+    ],
+)
+def test_bad_configs_are_named(workspace, edit, message):
+    with pytest.raises(LFMError, match=message):
+        config(workspace, CONFIG.replace(*edit, 1))
+
+
+def test_adversarial_alone_is_refused(workspace):
+    text = CONFIG.replace("resynthesis = 0.5", "resynthesis = 0.0\nsupervised = 0.0")
+    with pytest.raises(LFMError, match="adversarial loss alone"):
+        config(workspace, text)
+
+
+# --- augmentation -------------------------------------------------------------------------
+def test_augmentations_commute_with_the_physical_operator(small_bank):
+    """Flips and transposes of volume and light field keep y = H x for a
+    wave-optics bank (its kernels have these symmetries)."""
+    assert bank_symmetries(small_bank) == {"flip_y": True, "flip_x": True, "transpose": True}
+    op = LightFieldOperator(small_bank, dtype=torch.float64)
+    x = torch.rand(1, *op.volume_shape((4, 4)), dtype=torch.float64)
+    for code in range(8):
+        torch.testing.assert_close(op(augment(x, code)), augment(op(x), code))
+
+
+def test_asymmetric_bank_gets_no_augmentation():
+    bank = random_bank(Config(nnum=3, s=2, radii=(1,), lenslets=(3, 3), dtype=torch.float32))
+    assert not any(bank_symmetries(bank).values())
+
+
+# --- training -------------------------------------------------------------------------------
+def test_training_improves_on_ista_and_writes_a_model(workspace, small_bank):
+    cfg = config(workspace, output=str(workspace / "run-learn"))
+    cfg = TrainConfig.from_dict(
+        {**cfg.to_dict(), "optim": {**cfg.to_dict()["optim"], "steps": 24}, "steps_per_epoch": 8}
+    )
+    result = train(cfg, progress=False)
+    assert result.step == 24 and len(result.history) == 3
+    # The untrained network equals 3 ISTA iterations: score that on the same frames.
+    from lfm_recon.data import SimulatedData
+    from lfm_recon.unfolded import UnfoldedISTA
+
+    data = SimulatedData.load(workspace / "data.h5")
+    op = LightFieldOperator(small_bank)
+    net = UnfoldedISTA(op, 3)
+    net.set_lambda_scale(torch.from_numpy(data.lightfields[:6]), 5.0)
+    with torch.no_grad():
+        x0 = net(torch.from_numpy(data.lightfields[6:]), 5.0)
+    from lfm_recon.evaluate import score
+
+    untrained = score(x0, data, np.arange(6, 8), op, 5.0).summary()["psnr"]
+    assert result.best["psnr"] > untrained + 0.5
+    model = load_model(result.model_path, bank=small_bank)
+    info = read_model_file(result.model_path)["training"]
+    assert info["step"] == result.best["step"] and info["config"]["model"]["n_layers"] == 3
+    scores, _ = evaluate(model.op, data, "rl", 1)  # the data set fits the model's bank
+    assert np.isfinite(scores.psnr).all()
+    lines = (workspace / "run-learn" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and '"val_psnr"' in lines[0]
+
+
+def test_resume_reproduces_an_uninterrupted_run(workspace):
+    """8 steps in one go = 4 steps, stop, --resume to 8 (adversarial stage included)."""
+    whole = train(config(workspace, output=str(workspace / "run-whole")), progress=False)
+    half_cfg = config(workspace, CONFIG.replace("steps = 8", "steps = 4"), output="run-half")
+    train(half_cfg, progress=False)
+    resumed = train(config(workspace, output="run-half"), resume=True, progress=False)
+    assert resumed.step == 8
+    a = torch.load(workspace / "run-whole" / "checkpoint.pt", weights_only=True)
+    b = torch.load(workspace / "run-half" / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 8
+    for key in a["net"]:
+        torch.testing.assert_close(a["net"][key], b["net"][key], rtol=0, atol=0)
+    for key in a["disc"]:
+        torch.testing.assert_close(a["disc"][key], b["disc"][key], rtol=0, atol=0)
+    assert whole.best["psnr"] == pytest.approx(resumed.best["psnr"])
+
+
+def test_existing_run_needs_resume_or_overwrite(workspace):
+    cfg = config(workspace, CONFIG.replace("steps = 8", "steps = 2"), output="run-exists")
+    train(cfg, progress=False)
+    before = (workspace / "run-exists" / "model.pt").read_bytes()
+    with pytest.raises(LFMError, match="--resume to continue it or --overwrite"):
+        train(cfg, progress=False)
+    assert (workspace / "run-exists" / "model.pt").read_bytes() == before
+    changed = config(workspace, CONFIG.replace("lr = 0.05", "lr = 0.01"), output="run-exists")
+    with pytest.raises(LFMError, match=r"differs from the checkpoint's in optim\.lr"):
+        train(changed, resume=True, progress=False)
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(workspace):
+    # An absurd learning rate makes the steps overflow within a few updates.
+    text = CONFIG.replace("lr = 0.05", "lr = 1e30").replace(
+        "checkpoint_every = 2", "checkpoint_every = 1"
+    )
+    cfg = config(workspace, text, output="run-nan")
+    with pytest.raises(TrainingDiverged, match=r"diverged at step (\d+).*last good checkpoint"):
+        train(cfg, progress=False)
+    state = torch.load(workspace / "run-nan" / "checkpoint.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["net"].values())
+    assert 1 <= state["step"] < 8
+
+
+def test_data_set_of_another_psf_is_refused(workspace, reference):
+    from lfm_recon import generate_psf
+
+    other = generate_psf(reference, np.array([-20.0, 0.0, 20.0]), 1)
+    simulate_dataset(other, 4, 0, lenslets=(7, 7), seed=1).save(workspace / "other.h5")
+    cfg = config(workspace, CONFIG.replace('train = "data.h5"', 'train = "other.h5"'))
+    with pytest.raises(LFMError, match=r"other\.h5 was simulated with PSF bank"):
+        train(cfg, overwrite=True, progress=False)
+
+
+# --- torchrun ---------------------------------------------------------------------------------
+SCRIPT = """
+import sys
+import torch
+from lfm_recon.training import TrainConfig, train
+torch.set_num_threads(1)
+cfg = TrainConfig.from_file(sys.argv[1], output=sys.argv[2])
+train(cfg, overwrite=True, progress=False)
+"""
+
+
+def test_torchrun_two_processes_match_one(workspace):
+    """2 processes (gloo) with half the batch each = 1 process with the whole batch."""
+    script = workspace / "train_script.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    cfg_path = workspace / "ddp.toml"
+    cfg_path.write_text(CONFIG.replace("steps = 8", "steps = 6"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+    ]
+    done = subprocess.run(
+        [*run, str(script), str(cfg_path), str(workspace / "run-ddp")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = subprocess.run(
+        [sys.executable, str(script), str(cfg_path), str(workspace / "run-single")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    a = torch.load(workspace / "run-ddp" / "checkpoint.pt", weights_only=True)
+    b = torch.load(workspace / "run-single" / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for key in a["net"]:
+        torch.testing.assert_close(a["net"][key], b["net"][key], rtol=1e-4, atol=1e-6)
+    for key in a["disc"]:
+        torch.testing.assert_close(a["disc"][key], b["disc"][key], rtol=1e-3, atol=1e-5)
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+def test_cli_train(workspace, capsys):
+    path = workspace / "cli.toml"
+    path.write_text(CONFIG.replace("steps = 8", "steps = 4"))
+    assert main(["train", str(path), "--output", str(workspace / "run-cli"), "-q"]) == 0
+    assert (workspace / "run-cli" / "model.pt").is_file()
+    path.write_text(CONFIG.replace("[model]", "[model]\nlayerz = 2"))
+    assert main(["train", str(path), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown key(s) ['layerz']" in err[0]

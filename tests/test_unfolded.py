@@ -1,0 +1,201 @@
+"""The unfolded ISTA network and its model file.
+
+Independent references: ISTA iterated with ``solvers.ista_step`` (the
+untrained network must equal it), autograd of an explicit Poisson
+likelihood (the Poisson data term), finite differences (gradcheck) and
+exact scaling laws.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from banks import Config, random_bank
+
+from lfm_recon import LFMError, LightFieldOperator, UnfoldedISTA
+from lfm_recon.data import simulate_dataset
+from lfm_recon.modelfile import load_model, save_model
+from lfm_recon.solvers import ista_step
+from lfm_recon.unfolded import UnfoldedConfig
+
+
+@pytest.fixture(scope="module")
+def op(small_bank):
+    return LightFieldOperator(small_bank)
+
+
+@pytest.fixture(scope="module")
+def lightfields(small_bank):
+    data = simulate_dataset(small_bank, 3, 0, lenslets=(7, 8), background=5.0, seed=3)
+    return torch.from_numpy(data.lightfields)
+
+
+def _randomise(net: UnfoldedISTA, seed: int = 0) -> None:
+    """Move every learned parameter away from its initial value."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({}, id="default"),
+        pytest.param({"per_depth_step": True}, id="per-depth-step"),
+        pytest.param({"prior": "cnn"}, id="cnn-prior"),
+        pytest.param({"start": "adjoint"}, id="adjoint-start"),
+    ],
+)
+def test_untrained_network_is_ista(op, lightfields, options):
+    net = UnfoldedISTA(op, 6, **options)
+    b = 5.0
+    with torch.no_grad():
+        x = net(lightfields, b)
+    # ISTA in counts: the network's λ is in normalised units, λ·c in counts.
+    c = UnfoldedISTA.normalisation(lightfields, torch.tensor(b))
+    mu = 1.0 / op.norm() ** 2
+    lam = net.thresholds()[0].detach().reshape(1, -1, 1, 1) * c
+    assert torch.allclose(net.steps().detach(), torch.tensor(mu, dtype=torch.float32))
+    expected = torch.zeros_like(x)
+    with torch.no_grad():
+        for _ in range(6):
+            expected = ista_step(op, expected, lightfields, mu, lam, b)
+    torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-5 * float(expected.max()))
+    assert x.shape == (3, *op.volume_shape((7, 8))) and x.min() >= 0 and x.max() > 0
+
+
+@pytest.mark.parametrize("data_term", ["gaussian", "poisson"])
+def test_scale_equivariance(op, lightfields, data_term):
+    """net(α y, α b) = α net(y, b): brightness maps to the trained range and back."""
+    net = UnfoldedISTA(op, 4, data_term=data_term, prior="cnn", per_depth_step=True)
+    _randomise(net)
+    with torch.no_grad():
+        x = net(lightfields, 5.0)
+        x_bright = net(37.0 * lightfields, 37.0 * 5.0)
+    torch.testing.assert_close(x_bright, 37.0 * x, rtol=1e-4, atol=1e-4 * float(x.max()) * 37)
+
+
+def test_poisson_term_is_the_likelihood_gradient(op, lightfields):
+    """One layer from x₀ = s·Hᵀ(y−b) takes the step −μ ∇L with
+    L(x) = Σ (Hx + b + κ) − (y + κ) log(Hx + b + κ), computed by autograd."""
+    net = UnfoldedISTA(op, 1, data_term="poisson", start="adjoint", variance_floor=0.2)
+    with torch.no_grad():
+        net.start_scale.fill_(0.5)
+        net.lam_logits.fill_(-30.0)  # λ ≈ 0
+    y, b = lightfields[:1], torch.tensor(5.0)
+    c = UnfoldedISTA.normalisation(y, b)
+    yn, bn = y / c, b / c
+    x0 = (0.5 * op.adjoint(yn - bn)).requires_grad_(True)
+    mu_model = op(x0) + bn + 0.2
+    likelihood = (mu_model - (yn + 0.2) * torch.log(mu_model)).sum()
+    (grad,) = torch.autograd.grad(likelihood, x0)
+    step = float(net.steps()[0, 0].detach())
+    expected = torch.relu(x0.detach() - step * grad)
+    with torch.no_grad():
+        got = net(y, 5.0, normalised=True)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * float(expected.max()))
+
+
+def test_gradients_reach_steps_and_thresholds_only():
+    """gradcheck in float64 through the unfolded layers (both data terms);
+    H's weights are buffers and get no gradient."""
+    bank = random_bank(Config(nnum=3, s=2, radii=(1, 0), lenslets=(3, 3), dtype=torch.float64))
+    op64 = LightFieldOperator(bank, dtype=torch.float64)
+    y = torch.rand(2, 1, 9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for data_term in ("gaussian", "poisson"):
+        net = UnfoldedISTA(op64, 3, data_term=data_term, per_depth_step=True)
+        _randomise(net, seed=2)
+
+        def run(step_logits, lam_logits, net=net):
+            params = {"step_logits": step_logits, "lam_logits": lam_logits}
+            return torch.func.functional_call(net, params, (y, 0.1))
+
+        params = (net.step_logits.detach().clone(), net.lam_logits.detach().clone())
+        params = tuple(p.requires_grad_(True) for p in params)
+        assert torch.autograd.gradcheck(run, params, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
+    assert not any(b.requires_grad for b in op64.buffers())
+    assert {n for n, _ in net.named_parameters()} == {"step_logits", "lam_logits"}
+
+
+def test_bad_inputs(op, lightfields):
+    net = UnfoldedISTA(op, 2)
+    with pytest.raises(LFMError, match="multiples of nnum = 15"):
+        net(torch.ones(1, 1, 100, 105), 0.0)
+    bad = lightfields.clone()
+    bad[0, 0, 3, 3] = float("nan")
+    with pytest.raises(LFMError, match="NaN"):
+        net(bad, 5.0)
+    with pytest.raises(LFMError, match="background"):
+        net(lightfields, -1.0)
+    with pytest.raises(LFMError, match="data_term must be one of"):
+        UnfoldedISTA(op, 2, data_term="laplace")
+    with pytest.raises(LFMError, match="n_layers must be a positive integer"):
+        UnfoldedISTA(op, 0)
+    with pytest.raises(LFMError, match="lam_fraction"):
+        UnfoldedConfig(lam_fraction=-0.1)
+
+
+def test_set_lambda_scale_matches_the_solvers_scale(op, lightfields):
+    """λ₀ = f · median λ_max of the normalised light fields (solvers.lambda_max)."""
+    from lfm_recon.solvers import lambda_max
+
+    net = UnfoldedISTA(op, 2, lam_fraction=0.02)
+    got = net.set_lambda_scale(lightfields, 5.0)
+    c = UnfoldedISTA.normalisation(lightfields, torch.tensor(5.0)).flatten()
+    expected = 0.02 * float((lambda_max(op, lightfields, 5.0) / c).median())
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+# --- model file -----------------------------------------------------------------------
+def test_model_file_round_trip(tmp_path, op, lightfields, small_bank):
+    net = UnfoldedISTA(op, 3, prior="cnn", data_term="poisson")
+    _randomise(net, seed=4)
+    path = save_model(net, tmp_path / "model.pt", training={"note": "test"})
+    back = load_model(path, bank=small_bank)
+    assert back.config == net.config and back.training_info == {"note": "test"}
+    with torch.no_grad():
+        torch.testing.assert_close(back(lightfields, 5.0), net(lightfields, 5.0))
+    assert not back.training
+
+
+def test_model_with_another_psf_is_an_error(tmp_path, op, reference):
+    from lfm_recon import generate_psf
+
+    path = save_model(UnfoldedISTA(op, 2), tmp_path / "model.pt")
+    other = generate_psf(reference, np.array([-20.0, 0.0, 20.0]), 1)
+    with pytest.raises(LFMError, match=r"trained with PSF bank .* only works with its own PSF"):
+        load_model(path, bank=other)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param(b"not a torch file", "not a readable lfm_recon model file", id="garbage"),
+        pytest.param(None, "not an lfm_recon model file", id="foreign-dict"),
+    ],
+)
+def test_unreadable_model_files(tmp_path, content, message):
+    path = tmp_path / "model.pt"
+    if content is None:
+        torch.save({"weights": torch.zeros(3)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(LFMError, match=message):
+        load_model(path)
+    with pytest.raises(LFMError, match="does not exist"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_step_and_threshold_parametrisation(op):
+    """μ_k = softplus(θ)/‖H‖² > 0 and λ_k = softplus(φ)·λ₀ ≥ 0 for any θ, φ."""
+    net = UnfoldedISTA(op, 2, per_depth_step=True)
+    with torch.no_grad():
+        net.step_logits.fill_(-50.0)
+        net.lam_logits.fill_(50.0)
+    assert (net.steps() > 0).all()
+    lam0 = float(net.lam_scale)
+    assert float(net.thresholds().detach().max()) == pytest.approx(50 * lam0, rel=1e-6)
+    assert net.steps().shape == (2, op.n_depths) and net.thresholds().shape == (2, op.n_depths)
+    assert math.isfinite(lam0) and lam0 > 0
