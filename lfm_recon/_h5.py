@@ -14,6 +14,21 @@ import numpy as np
 from .errors import LFMError
 
 
+def file_format(path: Path) -> str | None:
+    """The ``format`` attribute of an HDF5 file ("" if it has none), or None
+    when ``path`` is not an existing, readable HDF5 file. Lets callers tell
+    the package's files apart by content rather than by suffix."""
+    path = Path(path)
+    try:
+        if not path.is_file() or not h5py.is_hdf5(path):
+            return None
+        with h5py.File(path, "r") as f:
+            fmt = f.attrs.get("format")
+    except OSError:
+        return None
+    return fmt if isinstance(fmt, str) else ""
+
+
 @contextmanager
 def atomic_write(path: Path, fmt: str, version: int) -> Iterator[h5py.File]:
     """Write an HDF5 file under a temporary name, then rename it onto

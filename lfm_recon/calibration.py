@@ -883,6 +883,63 @@ def check_pitch(grid: LensletGrid, mla_pitch: float, raw_pixel_size: float) -> N
         )
 
 
+# Fields that shape the light-field PSF. tube_lens_focal_length is left out:
+# it is informational (the PSF depends on the magnification only).
+_OPTICS = (
+    "magnification",
+    "numerical_aperture",
+    "medium_index",
+    "wavelength",
+    "mla_pitch",
+    "mla_focal_length",
+    "pixel_size",
+    "mla_to_sensor",
+)
+
+
+def check_bank(calibration: Calibration, bank) -> None:
+    """Check that a PSF bank fits the light fields a calibration produces.
+
+    The bank must have the calibration's nnum (rectified pixels per lenslet)
+    and be computed for the same optics: magnification, NA, medium index,
+    wavelength, MLA pitch and focal length, rectified pixel size and
+    MLA-to-sensor distance equal within 1e-9 (relative); the informational
+    tube lens focal length may differ.
+
+    Args:
+        calibration: the :class:`Calibration` the light fields come from.
+        bank: a :class:`~lfm_recon.PSFBank` (only its ``nnum`` and
+            ``microscope`` are read, so this module needs no PSF import).
+
+    Raises:
+        LFMError: naming both values of every field that differs and saying
+            how to build a matching bank.
+    """
+    if not isinstance(calibration, Calibration):
+        raise LFMError(f"calibration must be a Calibration, got {type(calibration).__name__}")
+    cal, other = calibration.microscope, bank.microscope
+    fix = (
+        "build the PSF bank from the calibration's optics: `lfm-recon psf CALIBRATION.h5"
+        " --depths … -s …` (a calibration file is accepted as the microscope)"
+    )
+    if calibration.nnum != bank.nnum:
+        raise LFMError(
+            f"the calibration rectifies to nnum = {calibration.nnum} pixels per lenslet but the"
+            f" PSF bank has nnum = {bank.nnum}; {fix}"
+        )
+    differ = [
+        f"{name} {getattr(cal, name):.8g} vs {getattr(other, name):.8g}"
+        for name in _OPTICS
+        if not math.isclose(getattr(cal, name), getattr(other, name), rel_tol=1e-9)
+    ]
+    if differ:
+        raise LFMError(
+            "the calibration's microscope and the PSF bank's differ (calibration vs bank: "
+            + ", ".join(differ)
+            + f"); {fix}"
+        )
+
+
 def calibrate(
     white,
     dark=None,

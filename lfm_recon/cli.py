@@ -2,7 +2,9 @@
 
 Each sub-command builds its inputs, calls the API and reports. Bad input
 (:class:`~lfm_recon.errors.LFMError`, unreadable files) ends with one line on
-stderr and exit status 2; anything else is a bug and keeps its traceback.
+stderr and exit status 2; anything else is a bug and keeps its traceback. A
+:class:`~lfm_recon.calibration.CalibrationWarning` is one ``lfm-recon:
+warning:`` line on stderr, and the command goes on.
 """
 
 from __future__ import annotations
@@ -10,16 +12,20 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
+from ._h5 import file_format
 from .errors import LFMError
 from .microscope import Microscope, list_presets
 from .psf.generate import DEFAULT_ENERGY
 
 _RANGE_OPTIONS = ("--depths",)  # values such as "-50:50:11" start with "-"
+_H5_SUFFIXES = (".h5", ".hdf5")
 
 
 def parse_depths(spec: str) -> np.ndarray:
@@ -49,7 +55,7 @@ def _cmd_psf(args: argparse.Namespace) -> None:
     _check_output(out, args.overwrite)
     if args.figure and not Path(args.figure).parent.exists():
         raise LFMError(f"figure folder {Path(args.figure).parent} does not exist")
-    microscope = Microscope.resolve(args.microscope)
+    microscope = _microscope(args.microscope)
     depths = parse_depths(args.depths)
     start = time.perf_counter()
     bank = generate_psf(
@@ -73,6 +79,96 @@ def _cmd_psf(args: argparse.Namespace) -> None:
         plot_psf_bank(bank, args.figure)
         if not args.quiet:
             print(f"wrote {args.figure}")
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> None:
+    from .calibration import calibrate
+    from .figures import plot_lenslet_grid
+    from .io import read_frames
+
+    out = Path(args.output)
+    if out.suffix.lower() not in _H5_SUFFIXES:
+        raise LFMError(
+            f"calibration output {out} must end in .h5 or .hdf5: the calibration is an HDF5"
+            " file (it carries the dark frame and the flat field)"
+        )
+    _check_output(out, args.overwrite)
+    figure = None if args.figure is None else Path(args.figure)
+    if figure is not None:
+        _check_output(figure, args.overwrite)
+    microscope = Microscope.resolve(args.microscope)
+    lenslets = None if args.lenslets is None else _parse_lenslets(args.lenslets)
+    white = read_frames(args.white, "white frame")
+    dark = None if args.dark is None else read_frames(args.dark, "dark frame")
+    start = time.perf_counter()
+    with _warnings_as_lines():
+        calibration = calibrate(
+            white,
+            dark,
+            microscope=microscope,
+            raw_pixel_size=args.raw_pixel_size,
+            nnum=args.nnum,
+            lenslets=lenslets,
+            flat=not args.no_flat,
+        )
+    elapsed = time.perf_counter() - start
+    calibration.save(out)
+    if figure is not None:
+        plot_lenslet_grid(white, calibration, figure)
+    if not args.quiet:
+        print(calibration.summary())
+        print(f"fitted in {elapsed:.2f} s; wrote {out}" + (f" and {figure}" if figure else ""))
+
+
+def _parse_lenslets(spec: str) -> tuple[int, int]:
+    """``NY,NX`` (or one N for N×N) lenslets."""
+    try:
+        values = tuple(int(v) for v in spec.split(","))
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise LFMError(
+            f"--lenslets {spec!r} is not NY,NX (e.g. 28,28): two positive integers, the"
+            " lenslets to keep around the frame centre"
+        )
+    return values
+
+
+@contextmanager
+def _warnings_as_lines():
+    """Print each CalibrationWarning raised inside as one ``lfm-recon:
+    warning:`` line on stderr (not Python's two-line warning dump); other
+    warnings pass on unchanged. If the block fails, its warnings are dropped:
+    the error line says what matters."""
+    from .calibration import CalibrationWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CalibrationWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, CalibrationWarning):
+            print(f"lfm-recon: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _microscope(spec: str) -> Microscope:
+    """A preset name, a microscope .toml file, or a calibration file (the
+    optics of the rectified light fields it produces)."""
+    from .calibration import FORMAT as CALIBRATION_FORMAT
+    from .calibration import Calibration
+
+    fmt = file_format(Path(spec))
+    if fmt == CALIBRATION_FORMAT:
+        return Calibration.load(spec).microscope
+    if fmt is not None:
+        raise LFMError(
+            f"{spec} is an HDF5 file but not a calibration; give a preset name, a microscope"
+            " .toml file or a calibration .h5 (`lfm-recon calibrate`)"
+        )
+    return Microscope.resolve(spec)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> None:
@@ -113,11 +209,27 @@ def _cmd_info(args: argparse.Namespace) -> None:
         for name, text in list_presets().items():
             print(f"  {name:24s} {text}")
         return
+    from .calibration import FORMAT as CALIBRATION_FORMAT
+    from .psf.bank import FORMAT as BANK_FORMAT
+
     path = Path(target)
-    if path.suffix in (".h5", ".hdf5"):
+    fmt = file_format(path)  # by content: a calibration may be named anything
+    if fmt == CALIBRATION_FORMAT:
+        from .calibration import Calibration
+
+        calibration = Calibration.load(path)
+        print(calibration.summary())
+        print(calibration.microscope.describe())
+    elif fmt not in (None, BANK_FORMAT):
+        raise LFMError(
+            f"{path} is an HDF5 file of format {fmt or 'none'!r}, neither a PSF bank nor a"
+            " calibration; `lfm-recon info` describes files of `lfm-recon psf` and"
+            " `lfm-recon calibrate`"
+        )
+    elif fmt == BANK_FORMAT or path.suffix.lower() in _H5_SUFFIXES:
         from .psf import PSFBank
 
-        print(PSFBank.load(path).summary())
+        print(PSFBank.load(path).summary())  # also the error for a missing .h5
     else:
         print(Microscope.resolve(target).describe())
 
@@ -168,7 +280,17 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
         raise LFMError(f"output {out} must be a .tif file (an ImageJ hyperstack)")
     _check_output(out, args.overwrite)
     bank = PSFBank.load(args.psf)
-    image = read_lightfield(args.input)
+    if args.calibration is not None:
+        from .calibration import Calibration, check_bank
+
+        calibration = Calibration.load(args.calibration)
+        check_bank(calibration, bank)
+        image = calibration.apply(read_lightfield(args.input))
+        if not args.quiet:
+            ny, nx = calibration.lenslets
+            print(f"rectified {args.input} to {ny}×{nx} lenslets with {args.calibration}")
+    else:
+        image = read_lightfield(args.input)
     n = bank.nnum
     if image.shape[0] % n or image.shape[1] % n:
         down = (image.shape[0] // n * n, image.shape[1] // n * n)
@@ -177,7 +299,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
         raise LFMError(
             f"{args.input} is {image.shape[0]}×{image.shape[1]} px but the PSF bank has"
             f" nnum = {n} pixels per lenslet, so it needs multiples of {n} (e.g. {fits});"
-            " rectify the raw image to whole lenslets first"
+            " rectify the raw image to whole lenslets first (`lfm-recon calibrate`, then"
+            " `reconstruct --calibration`)"
         )
     op = LightFieldOperator(bank, device=_device(args.device))
     y = torch.from_numpy(image)[None, None].to(op.device)
@@ -294,7 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("psf", help="compute a PSF bank (HDF5) for a microscope")
-    p.add_argument("microscope", help="preset name (lfm-recon info lists them) or a .toml file")
+    p.add_argument(
+        "microscope",
+        help="preset name (lfm-recon info lists them), a .toml file, or a calibration .h5"
+        " (its rectified optics)",
+    )
     p.add_argument(
         "--depths", required=True, help="µm: START:STOP:COUNT (e.g. -50:50:11) or a list (-10,0,10)"
     )
@@ -330,6 +457,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     p.set_defaults(func=_cmd_psf)
 
+    p = sub.add_parser(
+        "calibrate", help="fit the lenslet grid to a white frame: a calibration (HDF5)"
+    )
+    p.add_argument(
+        "--white",
+        required=True,
+        metavar="W.tif",
+        help="white (radiometry) frame TIFF: a uniform fluorescent sample through the MLA;"
+        " a stack is averaged",
+    )
+    p.add_argument(
+        "--dark",
+        default=None,
+        metavar="D.tif",
+        help="dark frame TIFF of the same size (camera bias), subtracted",
+    )
+    p.add_argument(
+        "--microscope",
+        required=True,
+        metavar="PRESET|M.toml",
+        help="preset name or .toml file of the rectified optics (its nnum is the PSF bank's)",
+    )
+    p.add_argument(
+        "--raw-pixel-size",
+        type=float,
+        metavar="UM",
+        default=None,
+        help="nominal camera pixel in the MLA plane, µm (e.g. 6.5): the fitted pitch is"
+        " checked against mla_pitch / this (a warning beyond 1 %%, an error beyond 5 %%)",
+    )
+    p.add_argument(
+        "--nnum",
+        type=int,
+        metavar="N",
+        default=None,
+        help="rectified pixels per lenslet (default: the microscope's)",
+    )
+    p.add_argument(
+        "--lenslets",
+        default=None,
+        metavar="NY,NX",
+        help="NY,NX lenslets to keep around the frame centre (default: the largest whole block)",
+    )
+    p.add_argument("--no-flat", action="store_true", help="no per-lenslet flat field")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="calib.h5", help="output calibration .h5"
+    )
+    p.add_argument(
+        "--figure",
+        default=None,
+        metavar="grid.png",
+        help="also save a PNG of the fitted grid over the white frame",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary")
+    p.set_defaults(func=_cmd_calibrate)
+
     p = sub.add_parser("simulate", help="simulate a paired + unlabeled data set (HDF5)")
     p.add_argument("--psf", required=True, help="PSF bank .h5 (lfm-recon psf)")
     p.add_argument("--n", type=int, required=True, help="paired samples (volume + light field)")
@@ -362,11 +546,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("reconstruct", help="reconstruct a volume from a light-field TIFF")
-    p.add_argument("input", help="light-field TIFF: one rectified frame (Y, X)")
+    p.add_argument(
+        "input",
+        help="light-field TIFF: one rectified frame (Y, X), or a raw camera frame with"
+        " --calibration",
+    )
     p.add_argument("--psf", required=True, help="PSF bank .h5 (lfm-recon psf)")
+    p.add_argument(
+        "--calibration",
+        default=None,
+        help="calibration .h5 (lfm-recon calibrate): the input is a raw frame, dark-subtracted,"
+        " rectified and flat-corrected before solving",
+    )
     p.add_argument("-o", "--output", required=True, help="output volume .tif (ImageJ hyperstack)")
     _add_solver_options(p)
-    p.add_argument("--background", type=float, default=0.0, help="counts per pixel (default 0)")
+    p.add_argument(
+        "--background",
+        type=float,
+        default=0.0,
+        help="counts per (rectified, dark-subtracted) pixel (default 0)",
+    )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -391,12 +590,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("info", help="describe a PSF bank, a microscope file or a preset")
+    p = sub.add_parser(
+        "info", help="describe a PSF bank, a calibration, a microscope file or a preset"
+    )
     p.add_argument(
         "target",
         nargs="?",
         default=None,
-        help="bank .h5, microscope .toml or preset name; none lists presets",
+        help="bank or calibration .h5, microscope .toml or preset name; none lists presets",
     )
     p.set_defaults(func=_cmd_info)
 

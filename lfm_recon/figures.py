@@ -1,11 +1,14 @@
-"""Figures for a quick look at PSF banks (PNG via matplotlib's Agg canvas)."""
+"""Figures for a quick look: PSF banks, volumes, lenslet grids (PNG via
+matplotlib's Agg canvas)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
+from .errors import LFMError
 from .psf.bank import PSFBank
 
 
@@ -171,6 +174,93 @@ def plot_lenslet_grid(white: np.ndarray, calibration_or_grid, path: str | Path) 
         ax.set_title(f"{title} (pixel scale)", fontsize=10)
     fig.suptitle(grid.describe(), fontsize=9)
     fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
+_MIN_Z_SHARE = 0.2  # the z panels are stretched to at least this share of the lateral extent
+
+
+def plot_mips(
+    volume: np.ndarray,
+    voxel_size: tuple[float, float],
+    path: str | Path,
+    title: str = "",
+    depths=None,
+) -> Path:
+    """Save orthogonal maximum-intensity projections of a volume.
+
+    Layout: xy (max over z) large at the top left, xz (max over y) below it
+    with z growing downwards, yz (max over x) at its right with z growing to
+    the right; the panels share their lateral axes. Axes are in µm and the
+    panels keep the physical aspect, except that a thin z range is stretched
+    to a fifth of the lateral extent (a note then says by how much).
+    One intensity scale for all three (0 to the 99.9th percentile of the xy
+    projection, so a few hot voxels do not darken the rest).
+
+    Args:
+        volume: (D, Yv, Xv) volume, any non-negative intensity.
+        voxel_size: (lateral, axial) µm; axial is the depth step (0 for D = 1).
+        path: output PNG path.
+        title: figure title.
+        depths: optional (D,) µm of the planes (evenly spaced, e.g. a PSF
+            bank's ``depths``); default 0, axial, 2·axial, …
+
+    Returns:
+        The path written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    volume = np.asarray(volume, dtype=np.float32)
+    if volume.ndim != 3 or min(volume.shape) < 1:
+        raise LFMError(f"volume must be (D, Yv, Xv), got shape {volume.shape}")
+    lateral, axial = (float(v) for v in voxel_size)
+    if not (lateral > 0 and axial >= 0 and math.isfinite(lateral + axial)):
+        raise LFMError(f"voxel_size must be (lateral > 0, axial ≥ 0) µm, got {voxel_size}")
+    d, yv, xv = volume.shape
+    step = axial if axial > 0 else lateral  # one plane: draw it one voxel thick
+    z = np.arange(d) * step if depths is None else np.asarray(depths, dtype=np.float64)
+    if z.shape != (d,):
+        raise LFMError(f"depths must have shape ({d},), got {z.shape}")
+    z_lo, z_hi = z[0] - step / 2, z[-1] + step / 2
+    x_ext, y_ext, z_ext = xv * lateral, yv * lateral, z_hi - z_lo
+    stretch = max(1.0, _MIN_Z_SHARE * max(x_ext, y_ext) / z_ext)
+    z_show = z_ext * stretch
+
+    xy, xz, yz = volume.max(axis=0), volume.max(axis=1), volume.max(axis=2).T
+    vmax = float(np.percentile(xy, 99.9)) or float(xy.max()) or 1.0
+    style = dict(cmap="magma", vmin=0.0, vmax=vmax, interpolation="nearest", aspect="auto")
+
+    # Panel boxes in inches, proportional to µm, so the aspect is physical.
+    scale = 6.0 / max(x_ext + z_show, y_ext + z_show)
+    left, bottom, gap, right, top = 0.8, 0.6, 0.12, 0.25, 0.55 if title else 0.25
+    w_xy, h_xy, zs = x_ext * scale, y_ext * scale, z_show * scale
+    width = left + w_xy + gap + zs + right
+    height = bottom + zs + gap + h_xy + top
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    upper = bottom + zs + gap
+    ax_xy = fig.add_axes((left / width, upper / height, w_xy / width, h_xy / height))
+    ax_xz = fig.add_axes((left / width, bottom / height, w_xy / width, zs / height))
+    ax_yz = fig.add_axes(((left + w_xy + gap) / width, upper / height, zs / width, h_xy / height))
+    ax_xy.imshow(xy, extent=(0, x_ext, y_ext, 0), **style)
+    ax_xz.imshow(xz, extent=(0, x_ext, z_hi, z_lo), **style)
+    ax_yz.imshow(yz, extent=(z_lo, z_hi, y_ext, 0), **style)
+    ax_xy.set_ylabel("y (µm)")
+    ax_xy.tick_params(labelbottom=False)
+    ax_xz.set_xlabel("x (µm)")
+    ax_xz.set_ylabel("z (µm)")
+    ax_yz.set_xlabel("z (µm)")
+    ax_yz.tick_params(labelleft=False)
+    if stretch > 1:  # said once, in the empty corner below yz
+        corner = ((left + w_xy + gap) / width, (bottom + 0.3 * zs) / height)
+        fig.text(*corner, f"z drawn ×{stretch:.2g}", fontsize=8, va="center")
+    for ax, name in ((ax_xy, "xy"), (ax_xz, "xz"), (ax_yz, "yz")):
+        ax.text(0.02, 0.02, name, color="white", transform=ax.transAxes, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.12 / height)
     path = Path(path)
     fig.savefig(path)
     return path

@@ -1,4 +1,4 @@
-"""Image files: light-field frames in, volumes out (TIFF).
+"""Image files: camera frames and light fields in, volumes out (TIFF).
 
 Volumes are written as ImageJ hyperstacks with their voxel size (lateral
 pixels per µm as the resolution, the depth step as ``spacing``, unit µm), so
@@ -21,32 +21,67 @@ from .errors import LFMError
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
-def read_lightfield(path: str | Path) -> np.ndarray:
-    """One light-field frame from a TIFF file: float32 (Y, X), camera counts.
+def read_frames(path: str | Path, what: str = "image") -> np.ndarray:
+    """Camera frame(s) from a TIFF file: float32 (Y, X), or (T, Y, X) for a stack.
 
-    A single-page stack (1, Y, X) is accepted; colour images and files with
-    several frames are errors that say so.
+    Leading axes of length 1 are dropped, so a one-page stack (1, Y, X) is
+    one frame. Missing, unreadable and colour files (samples last, or a
+    palette), arrays of more than three axes and non-numeric pixels are
+    :class:`LFMError` naming the file.
+
+    Args:
+        path: a .tif/.tiff file (the first image series is read).
+        what: what the file should hold, for messages (e.g. "white frame").
+
+    Returns:
+        float32 (Y, X) or (T, Y, X), camera counts as stored.
     """
     path = Path(path)
     if not path.is_file():
-        raise LFMError(f"light-field file {path} does not exist")
+        raise LFMError(f"{what} file {path} does not exist")
     try:
-        image = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            # Colour: samples interleaved last (Y, X, S), or palette indices. Planar
+            # (S, Y, X) data is read as frames: tifffile and other writers tag a
+            # plain 3- or 4-frame stack as planar RGB.
+            colour = (
+                series.axes.endswith("S")
+                or series.keyframe.photometric == tifffile.PHOTOMETRIC.PALETTE
+            )
+            image = np.asarray(series.asarray())
     except Exception as exc:  # tifffile raises several types for bad files
         raise LFMError(f"cannot read {path} as a TIFF image ({exc})") from None
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[0] == 1:
-        image = image[0]
-    if image.ndim == 3 and image.shape[-1] in (3, 4):
-        raise LFMError(f"{path} is a colour image {image.shape}; save the camera frame as grey")
-    if image.ndim != 2:
+    if colour:
         raise LFMError(
-            f"{path} holds an array of shape {image.shape}; `reconstruct` takes one 2-D"
-            " light-field frame (Y, X): save one frame per file"
+            f"{path} is a colour (or palette) image {image.shape}; save the camera frame as"
+            " grey (one value per pixel)"
+        )
+    while image.ndim > 2 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim not in (2, 3):
+        raise LFMError(
+            f"{path} holds an array of shape {image.shape}; expected one frame (Y, X) or a"
+            " stack of frames (T, Y, X)"
         )
     if image.dtype.kind not in "uif":
         raise LFMError(f"{path} holds {image.dtype} values; expected camera counts")
     return image.astype(np.float32)
+
+
+def read_lightfield(path: str | Path) -> np.ndarray:
+    """One light-field frame from a TIFF file: float32 (Y, X), camera counts.
+
+    As :func:`read_frames`, but a stack of several frames is an error that
+    says so (``reconstruct`` takes one frame per file).
+    """
+    image = read_frames(path, "light-field")
+    if image.ndim != 2:
+        raise LFMError(
+            f"{path} holds {image.shape[0]} frames of {image.shape[1]}×{image.shape[2]} px;"
+            " `reconstruct` takes one 2-D light-field frame (Y, X): save one frame per file"
+        )
+    return image
 
 
 def write_volume_tiff(
