@@ -267,66 +267,50 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> None:
-    import torch
+    from .reconstruct import reconstruct_files
 
-    from .io import TIFF_SUFFIXES, read_lightfield, write_volume_tiff
-    from .metrics import reprojection_residual
-    from .operator import LightFieldOperator
-    from .psf import PSFBank
-    from .solvers import DEFAULT_ITERATIONS, solve
-
-    out = Path(args.output)
-    if out.suffix.lower() not in TIFF_SUFFIXES:
-        raise LFMError(f"output {out} must be a .tif file (an ImageJ hyperstack)")
-    _check_output(out, args.overwrite)
-    bank = PSFBank.load(args.psf)
-    if args.calibration is not None:
-        from .calibration import Calibration, check_bank
-
-        calibration = Calibration.load(args.calibration)
-        check_bank(calibration, bank)
-        image = calibration.apply(read_lightfield(args.input))
-        if not args.quiet:
-            ny, nx = calibration.lenslets
-            print(f"rectified {args.input} to {ny}×{nx} lenslets with {args.calibration}")
-    else:
-        image = read_lightfield(args.input)
-    n = bank.nnum
-    if image.shape[0] % n or image.shape[1] % n:
-        down = (image.shape[0] // n * n, image.shape[1] // n * n)
-        up = (-(-image.shape[0] // n) * n, -(-image.shape[1] // n) * n)
-        fits = " or ".join(f"{a}×{b}" for a, b in dict.fromkeys((down, up)) if a and b)
-        raise LFMError(
-            f"{args.input} is {image.shape[0]}×{image.shape[1]} px but the PSF bank has"
-            f" nnum = {n} pixels per lenslet, so it needs multiples of {n} (e.g. {fits});"
-            " rectify the raw image to whole lenslets first (`lfm-recon calibrate`, then"
-            " `reconstruct --calibration`)"
-        )
-    op = LightFieldOperator(bank, device=_device(args.device))
-    y = torch.from_numpy(image)[None, None].to(op.device)
-    n_iter = DEFAULT_ITERATIONS[args.method] if args.iterations is None else args.iterations
-    start = time.perf_counter()
-    x = solve(
-        op,
-        y,
-        args.method,
-        n_iter,
+    method = args.method or ("net" if args.model else "rl")
+    report = reconstruct_files(
+        args.inputs,
+        args.output,
+        method=method,
+        model=args.model,
+        psf=args.psf,
+        calibration=args.calibration,
+        background=args.background,
+        batch=args.batch,
+        device=args.device,
+        precision=args.precision,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        n_iter=args.iterations,
         lam_fraction=args.lam,
         rho=args.rho,
         prior=args.prior,
-        background=args.background,
-        progress=not args.quiet,
     )
-    elapsed = time.perf_counter() - start
-    write_volume_tiff(out, x[0].cpu().numpy(), bank.voxel_size, bank.depths)
-    if not args.quiet:
-        residual = reprojection_residual(op, x, y, args.background)[0]
-        lateral, axial = bank.voxel_size
+    if not args.quiet and report.output.exists():
+        rate = report.volumes_per_second
+        its = report.parameters.get("iterations")
+        label = method if its is None else f"{method}, {its} iterations"
+        rectified = f" (raw frames rectified with {args.calibration})" if args.calibration else ""
         print(
-            f"{args.method}, {n_iter} iterations in {elapsed:.2f} s; relative residual"
-            f" {residual:.4f}; volume {tuple(x.shape[1:])} (D, Y, X), voxels"
-            f" {lateral:.3g}×{lateral:.3g}×{axial:.3g} µm; wrote {out}"
+            f"{label}: {report.computed} of {report.frames} frames reconstructed{rectified} in"
+            f" {report.seconds:.2f} s ({rate:.3g} volumes/s); wrote {report.output}"
         )
+    if report.empty:
+        shown = ", ".join(str(i) for i in report.empty[:10])
+        print(
+            f"lfm-recon: warning: {len(report.empty)} frame(s) had no signal above the"
+            f" background, their volumes are zero: {shown}",
+            file=sys.stderr,
+        )
+        if report.flagged:
+            shown = ", ".join(str(i) for i in report.flagged[:10])
+            more = " …" if len(report.flagged) > 10 else ""
+            print(
+                f"QC: {len(report.flagged)} frame(s) flagged (reprojection residual far"
+                f" from the rest): {shown}{more}"
+            )
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -389,17 +373,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _device(name: str):
-    import torch
+    from ._device import resolve_device
 
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise LFMError(
-            f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LFMError("--device cuda: no CUDA device is available here; use --device cpu")
-    return device
+    return resolve_device(name)
 
 
 def _check_output(path: Path, overwrite: bool) -> None:
@@ -545,29 +521,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_simulate)
 
-    p = sub.add_parser("reconstruct", help="reconstruct a volume from a light-field TIFF")
-    p.add_argument(
-        "input",
-        help="light-field TIFF: one rectified frame (Y, X), or a raw camera frame with"
-        " --calibration",
+    p = sub.add_parser(
+        "reconstruct",
+        help="reconstruct light-field frames (TIFF, TIFF series, HDF5, globs) into volumes",
     )
-    p.add_argument("--psf", required=True, help="PSF bank .h5 (lfm-recon psf)")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="TIFF frames or time series, HDF5 files (file.h5 or file.h5:dataset), or globs;"
+        " rectified light fields, or raw camera frames with --calibration",
+    )
+    p.add_argument("--model", default=None, help="trained model .pt (lfm-recon train)")
+    p.add_argument("--psf", default=None, help="PSF bank .h5 (lfm-recon psf), for the solvers")
     p.add_argument(
         "--calibration",
         default=None,
-        help="calibration .h5 (lfm-recon calibrate): the input is a raw frame, dark-subtracted,"
-        " rectified and flat-corrected before solving",
+        help="calibration .h5 (lfm-recon calibrate): the inputs are raw frames, dark-subtracted,"
+        " rectified and flat-corrected on the fly",
     )
-    p.add_argument("-o", "--output", required=True, help="output volume .tif (ImageJ hyperstack)")
-    _add_solver_options(p)
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="out.h5 (T, D, Y, X), out.tif (one ImageJ hyperstack) or a folder name (one"
+        " ImageJ TIFF per frame)",
+    )
+    _add_solver_options(p, with_net=True)
     p.add_argument(
         "--background",
         type=float,
         default=0.0,
         help="counts per (rectified, dark-subtracted) pixel (default 0)",
     )
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--batch", type=int, default=8, help="frames per batch (default 8)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "tf32", "bf16"),
+        default="fp32",
+        help="operator precision; tf32 and bf16 are for CUDA (default fp32)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output (a re-run of the same command resumes without it)",
+    )
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_reconstruct)
 
@@ -607,13 +606,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_solver_options(p: argparse.ArgumentParser, several: bool = False) -> None:
+def _add_solver_options(
+    p: argparse.ArgumentParser, several: bool = False, with_net: bool = False
+) -> None:
     from .solvers import DEFAULT_ITERATIONS, DEFAULT_LAMBDA_FRACTION, METHODS, PRIORS
 
     defaults = ", ".join(f"{m} {n}" for m, n in DEFAULT_ITERATIONS.items())
     if several:
         p.add_argument(
             "--method", nargs="+", choices=METHODS, default=["rl"], help="one or more solvers"
+        )
+    elif with_net:
+        p.add_argument(
+            "--method",
+            choices=("net", *METHODS),
+            default=None,
+            help="net (the trained model) or a solver (default: net with --model, else rl)",
         )
     else:
         p.add_argument("--method", choices=METHODS, default="rl", help="solver (default rl)")

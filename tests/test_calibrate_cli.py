@@ -269,7 +269,8 @@ def test_reconstruct_rejects_a_raw_frame_of_another_size(raw_case, tmp_path, cap
     argv = ["reconstruct", str(tmp_path / "small.tif"), "--psf", str(work / "bank.h5")]
     out = tmp_path / "vol.tif"
     assert main([*argv, "--calibration", str(work / "calib.h5"), "-o", str(out)]) == 2
-    assert "raw frame is 300×350 px" in capsys.readouterr().err and not out.exists()
+    assert "frames are 300×350 px but the calibration" in capsys.readouterr().err
+    assert not out.exists()
 
 
 # --- camera frames --------------------------------------------------------------------

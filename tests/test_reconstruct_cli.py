@@ -69,7 +69,7 @@ def test_evaluate_prints_a_table_and_writes_json(files, capsys):
     "extra, message",
     [
         pytest.param(["--lam", "-1", "--method", "fista"], "λ fraction must be", id="negative-lam"),
-        pytest.param(["--iterations", "-3"], "n_iter must be", id="iterations"),
+        pytest.param(["--iterations", "-3"], "must be a positive integer", id="iterations"),
         pytest.param(["--device", "cuda:7x"], "not a torch device", id="device"),
     ],
 )
@@ -79,22 +79,24 @@ def test_reconstruct_bad_options(files, extra, message, capsys):
     assert main([*argv, "-o", str(root / "x.tif"), "-q", *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and not (root / "x.tif").exists()
+    assert not (root / "x.tif.partial").exists()
 
 
 def test_reconstruct_bad_files(files, tmp_path, capsys):
     root, data = files
     bank = str(root / "bank.h5")
     cases = {
-        "wrong-size": (data.lightfields[0, 0, :50, :], "50×90 px but the PSF bank has nnum = 15"),
-        "all-zero": (np.zeros((90, 90), np.uint16), "no signal above the background"),
+        "wrong-size": (data.lightfields[0, 0, :50, :], "50×90 px but the PSF has nnum = 15"),
+        "all-zero": (np.zeros((90, 90), np.uint16), "no frame of the 1 has signal above"),
         "nan": (np.full((90, 90), np.nan, np.float32), "NaN"),
-        "stack": (np.ones((4, 90, 90), np.uint16), "one 2-D light-field frame"),
+        "4-d": (np.ones((2, 2, 90, 90), np.uint16), "expected one frame (Y, X) or a time"),
     }
     for name, (image, message) in cases.items():
         tifffile.imwrite(tmp_path / f"{name}.tif", image)
         argv = ["reconstruct", str(tmp_path / f"{name}.tif"), "--psf", bank]
         assert main([*argv, "-o", str(tmp_path / "o.tif"), "-q"]) == 2, name
         assert message in capsys.readouterr().err, name
+        assert not (tmp_path / "o.tif.partial").exists(), name  # nothing left behind
     (tmp_path / "junk.tif").write_text("not a tiff")
     argv = ["reconstruct", str(tmp_path / "junk.tif"), "--psf", bank, "-o", str(tmp_path / "o.tif")]
     assert main(argv) == 2

@@ -36,6 +36,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .. import __version__
+from .._device import resolve_device
 from ..errors import LFMError
 from ..evaluate import score
 from ..modelfile import save_model
@@ -122,7 +123,7 @@ class _Distributed:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = _device(device_name, local)
+        device = resolve_device(device_name, local)
         owns = False
         if world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -175,21 +176,6 @@ class _Distributed:
     def stop(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise LFMError(f"device {name!r} is not a torch device (auto, cpu, cuda, cuda:1)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise LFMError(f"device {name!r}: no CUDA device is available here; use cpu or auto")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
 
 
 # --- one run ------------------------------------------------------------------------

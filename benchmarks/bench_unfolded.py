@@ -1,0 +1,236 @@
+"""Benchmark: the unfolded network against Richardson–Lucy and FISTA.
+
+Reference configuration (20x/0.5 NA water, nnum 15, 11 depths −50…50 µm,
+s = 5, 21×21 lenslets, the embedded sample's PSF bank). Synthetic
+neuron-like data at 300 photons peak, background 5, Poisson noise:
+
+* training set: ``--labelled`` paired volumes (default 4) and
+  ``--unlabeled`` light fields (default 64);
+* validation set: ``--validation`` paired volumes (default 8), other seeds.
+
+Baselines on the validation set: Richardson–Lucy at its best iteration count
+(chosen on this set, up to ``--rl-max``), FISTA with the best λ after 200
+iterations. Each network variant trains for a CPU time budget and is scored
+by its best validation checkpoint (PSNR after least-squares scaling, SSIM,
+pooled detection F1: ``lfm_recon.evaluate``). Times per volume are measured
+in this process at batch 8, after a warm-up.
+
+    python -m benchmarks.bench_unfolded [--budget 900] [--variant-budget 240]
+        [--only baselines,main,ablation,variants] [--json out.json]
+
+Run from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.bench_operator import _time
+from lfm_recon import LightFieldOperator
+from lfm_recon import solvers as S
+from lfm_recon.data import sample, simulate_dataset
+from lfm_recon.evaluate import score
+from lfm_recon.modelfile import load_model
+from lfm_recon.training import TrainConfig, train
+
+RL_CHECKPOINTS = (10, 20, 30, 50, 70, 100, 150, 200, 250, 300, 400, 500, 700, 1000)
+FISTA_FRACTIONS = (0.001, 0.003, 0.01, 0.03)
+BATCH = 8
+
+# name → (model section, loss section) on top of BASE; the main run first.
+BASE_MODEL = {"n_layers": 8}
+BASE_LOSS = {"supervised": 1.0, "resynthesis": 0.0, "adversarial": 0.0}
+MAIN = "main: cnn prior, poisson, per-depth step, sup + resynth + adv"
+VARIANTS = {
+    MAIN: (
+        {"prior": "cnn", "data_term": "poisson", "per_depth_step": True},
+        {"resynthesis": 0.1, "adversarial": 0.01},
+    ),
+    "gaussian, per-layer step (DESIGN's form)": ({}, {"resynthesis": 0.1}),
+    "gaussian, per-depth step": ({"per_depth_step": True}, {"resynthesis": 0.1}),
+    "poisson, per-layer step": ({"data_term": "poisson"}, {"resynthesis": 0.1}),
+    "poisson, per-depth step": (
+        {"data_term": "poisson", "per_depth_step": True},
+        {"resynthesis": 0.1},
+    ),
+    "cnn prior, poisson, per-depth step": (
+        {"prior": "cnn", "data_term": "poisson", "per_depth_step": True},
+        {"resynthesis": 0.1},
+    ),
+}
+ABLATION_MODEL = {"prior": "cnn", "data_term": "poisson", "per_depth_step": True}
+ABLATION = {
+    "supervised only": {},
+    "+ re-synthesis on unlabeled": {"resynthesis": 0.1},
+    "+ adversarial": {"resynthesis": 0.1, "adversarial": 0.01},
+}
+
+
+def make_data(bank, folder: Path, n_labelled: int, n_unlabeled: int, n_validation: int):
+    camera = dict(lenslets=(21, 21), photons=300.0, background=5.0)
+    train_path, val_path = folder / "train.h5", folder / "validation.h5"
+    simulate_dataset(bank, n_labelled, n_unlabeled, seed=7001, **camera).save(train_path)
+    val = simulate_dataset(bank, n_validation, 0, seed=7002, **camera)
+    val.save(val_path)
+    return train_path, val_path, val
+
+
+def seconds_per_volume(fn, y) -> float:
+    return _time(lambda: fn(y), torch.device("cpu"), 3) / len(y)
+
+
+def baselines(op, val, rl_max: int) -> dict:
+    """Best-iteration RL, best-λ FISTA (200 iterations), and their times."""
+    y = torch.from_numpy(val.lightfields)
+    idx = np.arange(len(y))
+    background = float(val.simulation["background"])
+    points = []
+
+    def at(k, x):
+        if k in RL_CHECKPOINTS:
+            points.append({"iterations": k, **score(x, val, idx, op, background).summary()})
+
+    S.RichardsonLucy(op, y, background).run(rl_max, callback=at)
+    rl = max(points, key=lambda p: p["psnr"])
+    n = rl["iterations"]
+    rl["s_per_volume"] = seconds_per_volume(
+        lambda v: S.richardson_lucy(op, v, n, background=background), y[:BATCH]
+    )
+    rl["curve"] = points
+    fistas = []
+    for f in FISTA_FRACTIONS:
+        lam = f * S.lambda_max(op, y, background)
+        x = S.fista(op, y, lam, 200, background=background)
+        fistas.append(
+            {"lam_fraction": f, "iterations": 200, **score(x, val, idx, op, background).summary()}
+        )
+    fista = max(fistas, key=lambda p: p["psnr"])
+    lam_f = fista["lam_fraction"]
+    fista["s_per_volume"] = seconds_per_volume(
+        lambda v: S.fista(
+            op, v, lam_f * S.lambda_max(op, v, background), 200, background=background
+        ),
+        y[:BATCH],
+    )
+    fista["all"] = fistas
+    return {"rl": rl, "fista": fista}
+
+
+def run_variant(name, model, loss, budget, paths, folder, seed) -> dict:
+    train_path, val_path = paths
+    config = TrainConfig.from_dict(
+        {
+            "psf": str(folder / "bank.h5"),
+            "output": str(folder / f"run-{abs(hash(name)) % 10**8}"),
+            "seed": seed,
+            "steps_per_epoch": 50,
+            "checkpoint_every": 1000,
+            "model": {**BASE_MODEL, **model},
+            "data": {
+                "train": str(train_path),
+                "validation": str(val_path),
+                "patch_lenslets": 11,
+                "batch_size": 4,
+                "unlabeled_batch_size": 4,
+            },
+            "loss": {**BASE_LOSS, **loss},
+            "optim": {"steps": 100_000, "warmup_steps": 200, "time_budget": float(budget)},
+        }
+    )
+    start = time.perf_counter()
+    result = train(config, overwrite=True, progress=False)
+    seconds = time.perf_counter() - start
+    net = load_model(result.model_path)
+    with torch.no_grad():
+        y = torch.from_numpy(np.load(folder / "val_y.npy"))
+        t = seconds_per_volume(lambda v: net(v, 5.0), y[:BATCH])
+    return {
+        "name": name,
+        **result.best,
+        "steps": result.step,
+        "train_seconds": seconds,
+        "s_per_volume": t,
+        "history": result.history,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=900.0, help="s, main run")
+    parser.add_argument("--variant-budget", type=float, default=240.0, help="s, each other run")
+    parser.add_argument("--labelled", type=int, default=4)
+    parser.add_argument("--unlabeled", type=int, default=64)
+    parser.add_argument("--validation", type=int, default=8)
+    parser.add_argument("--rl-max", type=int, default=1000)
+    parser.add_argument("--only", default="baselines,main,ablation,variants")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    parts = set(args.only.split(","))
+    bank, _ = sample()
+    op = LightFieldOperator(bank)
+    folder = Path(tempfile.mkdtemp(prefix="bench_unfolded-"))
+    bank.save(folder / "bank.h5")
+    train_path, val_path, val = make_data(
+        bank, folder, args.labelled, args.unlabeled, args.validation
+    )
+    np.save(folder / "val_y.npy", val.lightfields)
+    print(
+        f"threads {torch.get_num_threads()}; {args.labelled} labelled, {args.unlabeled} unlabeled,"
+        f" {args.validation} validation volumes (21×21 lenslets, 11 depths, s 5); in {folder}"
+    )
+    out: dict = {"runs": []}
+    if "baselines" in parts:
+        base = baselines(op, val, args.rl_max)
+        out["baselines"] = base
+        for key in ("rl", "fista"):
+            b = base[key]
+            extra = f"λ {b['lam_fraction']:g}·λmax, " if key == "fista" else ""
+            print(
+                f"{key}: {extra}{b['iterations']} iterations, PSNR {b['psnr']:.2f} dB, SSIM"
+                f" {b['ssim']:.3f}, F1 {b['f1']:.3f}, {b['s_per_volume']:.3f} s/volume"
+            )
+    runs = []
+    if "main" in parts:
+        runs.append((MAIN, *VARIANTS[MAIN], args.budget))
+    if "variants" in parts:
+        runs += [(n, m, lo, args.variant_budget) for n, (m, lo) in VARIANTS.items() if n != MAIN]
+    if "ablation" in parts:
+        runs += [
+            (f"ablation: {n}", ABLATION_MODEL, lo, args.variant_budget)
+            for n, lo in ABLATION.items()
+        ]
+    for name, model, loss, budget in runs:
+        r = run_variant(name, model, loss, budget, (train_path, val_path), folder, args.seed)
+        out["runs"].append(r)
+        print(
+            f"{name}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}, F1 {r['f1']:.3f} (step"
+            f" {r['step']} of {r['steps']}, {r['train_seconds']:.0f} s), {r['s_per_volume']:.3f}"
+            " s/volume",
+            flush=True,
+        )
+    if "baselines" in out and out["runs"]:
+        rl = out["baselines"]["rl"]
+        print("\n| method | PSNR dB | vs best RL | SSIM | F1 | s/volume | vs RL time |")
+        print("|---|---|---|---|---|---|---|")
+        rows = [("RL, best iteration", rl), ("FISTA, best λ, 200 it.", out["baselines"]["fista"])]
+        rows += [(r["name"], r) for r in out["runs"]]
+        for name, r in rows:
+            print(
+                f"| {name} | {r['psnr']:.2f} | {r['psnr'] - rl['psnr']:+.2f} | {r['ssim']:.3f} |"
+                f" {r['f1']:.3f} | {r['s_per_volume']:.3f} |"
+                f" {r['s_per_volume'] / rl['s_per_volume']:.2f} |"
+            )
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
