@@ -15,7 +15,7 @@ by its best validation checkpoint (PSNR after least-squares scaling, SSIM,
 pooled detection F1: ``lfm_recon.evaluate``). Times per volume are measured
 in this process at batch 8, after a warm-up.
 
-    python -m benchmarks.bench_unfolded [--budget 900] [--variant-budget 240]
+    python -m benchmarks.bench_unfolded [--steps 800] [--variant-steps 250]
         [--only baselines,main,ablation,variants] [--json out.json]
 
 Run from the repository root.
@@ -47,12 +47,10 @@ BATCH = 8
 # name → (model section, loss section) on top of BASE; the main run first.
 BASE_MODEL = {"n_layers": 8}
 BASE_LOSS = {"supervised": 1.0, "resynthesis": 0.0, "adversarial": 0.0}
-MAIN = "main: cnn prior, poisson, per-depth step, sup + resynth + adv"
+CNN = {"prior": "cnn", "prior_channels": 32, "data_term": "poisson", "per_depth_step": True}
+MAIN = "main: cnn prior, poisson, per-depth step; sup + resynth + adv"
 VARIANTS = {
-    MAIN: (
-        {"prior": "cnn", "data_term": "poisson", "per_depth_step": True},
-        {"resynthesis": 0.1, "adversarial": 0.01},
-    ),
+    MAIN: (CNN, {"resynthesis": 0.1, "adversarial": 0.01}),
     "gaussian, per-layer step (DESIGN's form)": ({}, {"resynthesis": 0.1}),
     "gaussian, per-depth step": ({"per_depth_step": True}, {"resynthesis": 0.1}),
     "poisson, per-layer step": ({"data_term": "poisson"}, {"resynthesis": 0.1}),
@@ -60,12 +58,7 @@ VARIANTS = {
         {"data_term": "poisson", "per_depth_step": True},
         {"resynthesis": 0.1},
     ),
-    "cnn prior, poisson, per-depth step": (
-        {"prior": "cnn", "data_term": "poisson", "per_depth_step": True},
-        {"resynthesis": 0.1},
-    ),
 }
-ABLATION_MODEL = {"prior": "cnn", "data_term": "poisson", "per_depth_step": True}
 ABLATION = {
     "supervised only": {},
     "+ re-synthesis on unlabeled": {"resynthesis": 0.1},
@@ -123,7 +116,7 @@ def baselines(op, val, rl_max: int) -> dict:
     return {"rl": rl, "fista": fista}
 
 
-def run_variant(name, model, loss, budget, paths, folder, seed) -> dict:
+def run_variant(name, model, loss, steps, budget, paths, folder, seed) -> dict:
     train_path, val_path = paths
     config = TrainConfig.from_dict(
         {
@@ -141,7 +134,7 @@ def run_variant(name, model, loss, budget, paths, folder, seed) -> dict:
                 "unlabeled_batch_size": 4,
             },
             "loss": {**BASE_LOSS, **loss},
-            "optim": {"steps": 100_000, "warmup_steps": 200, "time_budget": float(budget)},
+            "optim": {"steps": steps, "warmup_steps": steps // 4, "time_budget": float(budget)},
         }
     )
     start = time.perf_counter()
@@ -163,8 +156,10 @@ def run_variant(name, model, loss, budget, paths, folder, seed) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=900.0, help="s, main run")
-    parser.add_argument("--variant-budget", type=float, default=240.0, help="s, each other run")
+    parser.add_argument("--steps", type=int, default=800, help="main run's training steps")
+    parser.add_argument("--budget", type=float, default=900.0, help="s, main run's time cap")
+    parser.add_argument("--variant-steps", type=int, default=250, help="each other run's steps")
+    parser.add_argument("--variant-budget", type=float, default=300.0, help="s, their time cap")
     parser.add_argument("--labelled", type=int, default=4)
     parser.add_argument("--unlabeled", type=int, default=64)
     parser.add_argument("--validation", type=int, default=8)
@@ -199,16 +194,14 @@ def main() -> None:
             )
     runs = []
     if "main" in parts:
-        runs.append((MAIN, *VARIANTS[MAIN], args.budget))
+        runs.append((MAIN, *VARIANTS[MAIN], args.steps, args.budget))
+    other = (args.variant_steps, args.variant_budget)
     if "variants" in parts:
-        runs += [(n, m, lo, args.variant_budget) for n, (m, lo) in VARIANTS.items() if n != MAIN]
+        runs += [(n, m, lo, *other) for n, (m, lo) in VARIANTS.items() if n != MAIN]
     if "ablation" in parts:
-        runs += [
-            (f"ablation: {n}", ABLATION_MODEL, lo, args.variant_budget)
-            for n, lo in ABLATION.items()
-        ]
-    for name, model, loss, budget in runs:
-        r = run_variant(name, model, loss, budget, (train_path, val_path), folder, args.seed)
+        runs += [(f"ablation: {n}", CNN, lo, *other) for n, lo in ABLATION.items()]
+    for name, model, loss, steps, budget in runs:
+        r = run_variant(name, model, loss, steps, budget, (train_path, val_path), folder, args.seed)
         out["runs"].append(r)
         print(
             f"{name}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}, F1 {r['f1']:.3f} (step"

@@ -235,35 +235,11 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from .data import SAMPLE_PRESET, cache_dir, sample
-    from .figures import plot_psf_bank, plot_volume_and_lightfield
+    from .data import SAMPLE_PRESET
+    from .demo import run_demo
 
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     print(f"Demo on the embedded default (the '{SAMPLE_PRESET}' microscope):")
-    print(Microscope.preset(SAMPLE_PRESET).describe())
-    start = time.perf_counter()
-    bank, data = sample(progress=True)
-    print(
-        f"PSF bank and sample data ready in {time.perf_counter() - start:.1f} s"
-        f" (cached in {cache_dir()})"
-    )
-    print(bank.summary())
-    bank.save(out / "psf.h5")
-    plot_psf_bank(bank, out / "psf.png")
-    plot_volume_and_lightfield(
-        data.volumes[0],
-        data.lightfields[0],
-        bank.voxel_size,
-        out / "sample.png",
-        title=f"simulated neurons and their light field ({data.simulation['photons']:g}"
-        " photons peak)",
-    )
-    print(
-        f"{len(data.volumes)} paired and {len(data.unlabeled)} unlabeled light fields of"
-        f" {data.lightfields.shape[-1]}×{data.lightfields.shape[-2]} px"
-    )
-    print(f"wrote {out / 'psf.h5'}, {out / 'psf.png'} and {out / 'sample.png'}")
+    run_demo(args.output, budget=args.budget, progress=not args.quiet)
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> None:
@@ -602,6 +578,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the pipeline on the embedded default")
     p.add_argument("-o", "--output", default="lfm_demo", help="output folder (default lfm_demo)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=120.0,
+        help="seconds of CPU training for the demo network when it is not cached (default 120)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -1,24 +1,33 @@
-"""The unfolded ISTA network: a few proximal-gradient layers with learned
-step sizes and thresholds around the fixed light-field operator.
+"""The unfolded network: a few proximal-gradient layers with learned step
+sizes and thresholds around the fixed light-field operator.
 
-Layer k (normalised units, below):
+Layer k (normalised units, below), H and Hᵀ the operator's fixed buffers:
 
-    x_{k+1} = ReLU(v_k − μ_k λ_k),   v_k = x_k − μ_k · g(x_k) [+ P_k(·)]
+    x_{k+1} = ReLU(v_k − μ_k λ_k),   v_k = x_k − μ_k · d(x_k) [+ P_k(v_k)]
 
-    g(x) = Hᵀ(H x + b − y)                          data_term "gaussian"
-    g(x) = Hᵀ((H x + b − y) / (H x + b + κ))        data_term "poisson"
+    d(x) = Hᵀ(H x + b − y)                                  "gaussian" (ISTA)
+    d(x) = (x + ε)/Hᵀ1 ⊙ Hᵀ(1 − y/(H x + b))                "poisson"
 
-μ_k > 0 (one per layer, or per layer and depth with ``per_depth_step``) and
-λ_k ≥ 0 (per layer and depth) are learned; H and Hᵀ are the operator's
-fixed buffers. Untrained, μ_k = 1/‖H‖² and λ_k = λ₀, so the network *is*
-``n_layers`` iterations of ISTA (tested). The Poisson term weights each
-pixel's residual by its predicted variance (H x + b in photons; κ keeps dark
-pixels from dominating), the gradient of the Poisson likelihood up to κ.
+μ_k > 0 (per layer, or per layer and depth with ``per_depth_step``) and
+λ_k ≥ 0 (per layer and depth) are learned.
+
+* ``"gaussian"``: the least-squares gradient with μ_k = 1/‖H‖² initially:
+  the untrained network *is* ``n_layers`` iterations of ISTA from x₀ = 0
+  (tested against ``solvers.ista_step``).
+* ``"poisson"``: the gradient of the Poisson likelihood, Hᵀ((H x + b − y)/
+  (H x + b)), each residual weighted by its predicted variance, and scaled
+  voxel by voxel by x/Hᵀ1, the step of the EM algorithm. With μ_k = 1, λ_k =
+  0, ε = 0 and RL's uniform start this is exactly Richardson–Lucy (tested
+  against ``solvers.richardson_lucy``); the network learns over-relaxed,
+  per-depth steps and thresholds from there. A plain weighted gradient with
+  a global step lost ~1.5 dB to ISTA in a side run: the variance weights
+  span orders of magnitude, which one global step cannot serve. ε (a small
+  fraction of the mean voxel) lets voxels that a threshold set to 0 return.
 
 ``prior="cnn"`` adds a learned proximal correction per layer, P_k a small
-CNN on v_k (ISTA-Net style; depth planes as channels) whose last layer starts at zero, so the
-untrained network still equals ISTA. It is an extension of DESIGN's pure
-μ/λ form, off by default.
+CNN on v_k (ISTA-Net style; depth planes as channels) whose last layer
+starts at zero, so the untrained network is still ISTA / RL. It extends
+DESIGN's pure μ/λ form and is off by default.
 
 Normalisation (part of the model): each light field is divided by
 c = mean(max(y − b, 0)) before the layers and the volume multiplied by c
@@ -42,7 +51,7 @@ from .solvers import as_background, as_lightfield, threshold
 
 DATA_TERMS = ("gaussian", "poisson")
 PRIORS = ("none", "cnn")
-STARTS = ("zero", "adjoint")
+STARTS = ("auto", "zero", "adjoint", "uniform")
 
 
 @dataclass(frozen=True)
@@ -57,12 +66,15 @@ class UnfoldedConfig:
         prior: ``"none"`` (DESIGN's μ/λ network) or ``"cnn"`` (a learned
             proximal correction per layer, a 3-layer CNN).
         prior_channels: feature channels of the CNN prior.
-        start: x₀ = 0 (``"zero"``) or a learned scaling of Hᵀy (``"adjoint"``,
-            the scale starts at 0).
-        lam_fraction: initial threshold λ₀ as a fraction of the λ scale
-            (:meth:`UnfoldedISTA.set_lambda_scale`).
-        variance_floor: κ of the Poisson term, in units of the mean signal
-            per pixel (the normalised light field's mean is 1).
+        start: x₀: ``"zero"``, ``"uniform"`` (RL's start: the measured flux
+            spread evenly), ``"adjoint"`` (a learned scaling of Hᵀy, starting
+            at 0) or ``"auto"`` (zero for gaussian, uniform for poisson).
+        lam_fraction: initial threshold λ₀ as a fraction of the λ scale:
+            λ_max = max Hᵀ(y − b) for gaussian (see
+            :meth:`UnfoldedISTA.set_lambda_scale`), the uniform start's
+            voxel value for poisson.
+        em_floor: ε of the poisson step, as a fraction of the uniform
+            start's voxel value.
     """
 
     n_layers: int = 8
@@ -70,9 +82,9 @@ class UnfoldedConfig:
     per_depth_step: bool = False
     prior: str = "none"
     prior_channels: int = 16
-    start: str = "zero"
+    start: str = "auto"
     lam_fraction: float = 0.01
-    variance_floor: float = 0.05
+    em_floor: float = 1e-3
 
     def __post_init__(self) -> None:
         _positive_int(self.n_layers, "n_layers")
@@ -90,8 +102,15 @@ class UnfoldedConfig:
             raise LFMError(
                 f"lam_fraction must be in [0, 1) (a fraction of λ_max), got {self.lam_fraction!r}"
             )
-        if not (isinstance(self.variance_floor, (int, float)) and self.variance_floor > 0):
-            raise LFMError(f"variance_floor must be > 0, got {self.variance_floor!r}")
+        if not (isinstance(self.em_floor, (int, float)) and 0 <= self.em_floor < 1):
+            raise LFMError(f"em_floor must be in [0, 1), got {self.em_floor!r}")
+
+    @property
+    def initial(self) -> str:
+        """The start x₀ actually used ("auto" resolved)."""
+        if self.start != "auto":
+            return self.start
+        return "uniform" if self.data_term == "poisson" else "zero"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,28 +147,39 @@ class UnfoldedISTA(nn.Module):
         self.config = config
         self.op = op
         k, d = config.n_layers, op.n_depths
-        # Steps relative to 1/‖H‖² and thresholds relative to the λ scale, each
-        # through softplus (positive, smooth at 0); softplus(θ₀) = 1 initially.
+        # Steps relative to their untrained value (1/‖H‖² for ISTA, 1 for the
+        # EM step) and thresholds relative to the λ scale, each through
+        # softplus (positive, smooth at 0); softplus(θ₀) = 1 initially.
         one = math.log(math.expm1(1.0))
-        self.step_logits = nn.Parameter(torch.full((k, d if config.per_depth_step else 1), one))
-        self.lam_logits = nn.Parameter(torch.full((k, d), one))
-        self.register_buffer("inv_lipschitz", torch.tensor(1.0 / op.norm() ** 2))
-        # λ scale in normalised units; default: λ_max of a uniform light field
-        # of mean 1, i.e. max Hᵀ1. Data set it with set_lambda_scale().
-        self.register_buffer("lam_scale", torch.tensor(config.lam_fraction * _ht1_max(op)))
-        if config.start == "adjoint":
-            self.start_scale = nn.Parameter(torch.zeros(()))
+        like = {"device": op.device, "dtype": op.dtype}
+        self.step_logits = nn.Parameter(
+            torch.full((k, d if config.per_depth_step else 1), one, **like)
+        )
+        self.lam_logits = nn.Parameter(torch.full((k, d), one, **like))
+        poisson = config.data_term == "poisson"
+        unit = 1.0 if poisson else 1.0 / op.norm() ** 2
+        self.register_buffer("step_unit", torch.tensor(unit, **like))
+        # λ scale in normalised units. Gaussian: λ_max of a uniform light field
+        # of mean 1 (max Hᵀ1) until set_lambda_scale() sees data. Poisson: the
+        # uniform start's voxel value, N_pixels / ΣHᵀ1, for a mean-1 light field.
+        scale = _uniform_level(op) if poisson else _ht1_max(op)
+        self.register_buffer("lam_scale", torch.tensor(config.lam_fraction * scale, **like))
+        if config.initial == "adjoint":
+            self.start_scale = nn.Parameter(torch.zeros((), **like))
         self.priors = (
             nn.ModuleList(_ProxCNN(d, config.prior_channels) for _ in range(k))
             if config.prior == "cnn"
             else None
         )
-        self.to(device=op.device, dtype=op.dtype)
+        if self.priors is not None:
+            self.priors.to(**like)
+        # Not self.to(): that would also cast the operator's bf16 weights.
 
     # --- parameters in physical form -----------------------------------------
     def steps(self) -> torch.Tensor:
-        """μ_k, (n_layers, 1) or (n_layers, D), normalised units."""
-        return F.softplus(self.step_logits) * self.inv_lipschitz
+        """μ_k, (n_layers, 1) or (n_layers, D): normalised units for gaussian,
+        a dimensionless relaxation of the EM step for poisson."""
+        return F.softplus(self.step_logits) * self.step_unit
 
     def thresholds(self) -> torch.Tensor:
         """λ_k per layer and depth, (n_layers, D), normalised units."""
@@ -157,9 +187,13 @@ class UnfoldedISTA(nn.Module):
 
     @torch.no_grad()
     def set_lambda_scale(self, y, background=0.0) -> float:
-        """Set λ₀ = lam_fraction · median over frames of λ_max(normalised y),
-        the scale-free threshold of :func:`lfm_recon.solvers.solve` (keeps
-        the learned relative thresholds). Returns the new λ₀."""
+        """Gaussian: set λ₀ = lam_fraction · median over frames of
+        λ_max(normalised y), the scale-free threshold of
+        :func:`lfm_recon.solvers.solve`. Poisson: λ₀ does not depend on the
+        data (see :class:`UnfoldedConfig`). Keeps the learned relative
+        thresholds; returns λ₀."""
+        if self.config.data_term == "poisson":
+            return float(self.lam_scale)
         y, b = self._inputs(y, background)
         c = self.normalisation(y, b)
         lam_max = self.op.backproject((y - b) / c).flatten(1).amax(dim=1)
@@ -192,29 +226,49 @@ class UnfoldedISTA(nn.Module):
         """The unfolded iterations on normalised, already checked inputs."""
         op, cfg = self.op, self.config
         steps, lams = self.steps(), self.thresholds()
-        if cfg.start == "adjoint":
-            x = self.start_scale * op.backproject(y - b)
-        else:
-            x = None  # zero: H x₀ = 0 needs no projection
+        poisson = cfg.data_term == "poisson"
+        tiny = torch.finfo(y.dtype).tiny
+        sens = None
+        if poisson or cfg.initial == "uniform":
+            sens = op.backproject(torch.ones_like(y[:1]))  # Hᵀ1, (1, D, Yv, Xv)
+        x = self._start(y, b, sens)
+        if poisson:
+            y_counts = y.clamp_min(0)  # the Poisson model needs y ≥ 0 (as RL)
+            level = ((y - b).clamp_min(0).flatten(1).sum(1) / sens.sum()).reshape(-1, 1, 1, 1)
+            floor = cfg.em_floor * level
+            inv_sens = torch.where(sens > 0, 1 / sens.clamp_min(tiny), 0)
         for k in range(cfg.n_layers):
             mu = steps[k].reshape(1, -1, 1, 1)
             predicted = b if x is None else op.project(x) + b
-            residual = predicted - y
-            if cfg.data_term == "poisson":
-                residual = residual / (predicted.clamp_min(0) + cfg.variance_floor)
-            v = -mu * op.backproject(residual)
-            if x is not None:
-                v = x + v
+            if poisson:
+                ratio = torch.where(predicted > 0, y_counts / predicted.clamp_min(tiny), 0)
+                x0 = 0 if x is None else x
+                v = x0 - mu * (x0 + floor) * inv_sens * (sens - op.backproject(ratio))
+            else:
+                v = -mu * op.backproject(predicted - y)
+                if x is not None:
+                    v = x + v
             if self.priors is not None:
                 v = v + self.priors[k](v)
             x = threshold(v, mu * lams[k].reshape(1, -1, 1, 1))
         return x
 
+    def _start(self, y, b, sens) -> torch.Tensor | None:
+        """x₀ (None for zero: H x₀ = 0 needs no projection)."""
+        start = self.config.initial
+        if start == "adjoint":
+            return self.start_scale * self.op.backproject(y - b)
+        if start == "uniform":  # RL's start: the measured flux, spread evenly
+            level = (y - b).clamp_min(0).flatten(1).sum(1) / sens.sum()
+            shape = (len(y), *sens.shape[1:])
+            return level.reshape(-1, 1, 1, 1).expand(shape).clone()
+        return None
+
     def extra_repr(self) -> str:
         c = self.config
         return (
             f"n_layers={c.n_layers}, data_term={c.data_term}, per_depth_step={c.per_depth_step},"
-            f" prior={c.prior}, start={c.start}"
+            f" prior={c.prior}, start={c.initial}"
         )
 
 
@@ -248,6 +302,16 @@ def _ht1_max(op: LightFieldOperator) -> float:
     ones = torch.ones((1, *op.lightfield_shape((n, n))), dtype=op.dtype, device=op.device)
     with torch.no_grad():
         return float(op.backproject(ones).max())
+
+
+def _uniform_level(op: LightFieldOperator) -> float:
+    """The uniform start's voxel value for a light field of mean 1:
+    N_pixels / ΣHᵀ1 ≈ nnum² / (s² D) (flux conservation), on an interior field."""
+    r = max(g.radius for g in op._groups)
+    n = 2 * r + 1
+    ones = torch.ones((1, *op.lightfield_shape((n, n))), dtype=op.dtype, device=op.device)
+    with torch.no_grad():
+        return float(ones.sum() / op.backproject(ones).sum())
 
 
 def _positive_int(value, name: str) -> None:

@@ -142,11 +142,24 @@ def test_console_script_runs_in_a_subprocess(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_demo_writes_its_outputs(tmp_path, monkeypatch, capsys):
+def test_demo_runs_the_pipeline_and_caches_its_network(tmp_path, monkeypatch, capsys):
+    import tifffile
+
+    from lfm_recon.reconstruct import read_volumes
+
     monkeypatch.setenv("LFM_RECON_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
-    assert main(["demo", "-o", str(out)]) == 0
-    for name in ("psf.h5", "psf.png", "sample.png"):
-        assert (out / name).stat().st_size > 0
+    assert main(["demo", "-o", str(out), "--budget", "8", "-q"]) == 0
+    for name in ("psf.h5", "psf.png", "lightfields.tif", "rl.tif", "net.h5", "mip_net.png"):
+        assert (out / name).stat().st_size > 0, name
     assert PSFBank.load(out / "psf.h5").voxels_per_lenslet == 5
-    assert "16 paired" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Richardson–Lucy, 100 it." in printed and "unfolded network" in printed
+    net, info = read_volumes(out / "net.h5")
+    assert net.shape == (4, 11, 105, 105) and info["element_size_um"][0] == 5.0
+    rl = tifffile.imread(out / "rl.tif")
+    assert rl.shape == net.shape and np.isfinite(rl).all() and np.isfinite(net).all()
+    (model,) = (tmp_path / "cache").glob("*model*.pt")
+    stamp = model.stat().st_mtime_ns
+    assert main(["demo", "-o", str(out), "--budget", "8", "-q"]) == 0  # reuses the cache
+    assert model.stat().st_mtime_ns == stamp

@@ -328,3 +328,19 @@ def test_bad_inputs_are_clear_one_line_errors(recording, tmp_path, capsys, refer
     assert main(argv) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "exists.h5").read_bytes() == b"precious"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_pipeline_matches_cpu(recording, tmp_path):
+    root, _, _ = recording
+    for device in ("cpu", "cuda"):
+        reconstruct_files(
+            [root / "series.tif"],
+            tmp_path / f"{device}.h5",
+            model=root / "model.pt",
+            background=5.0,
+            device=device,
+            progress=False,
+        )
+    a, b = read_volumes(tmp_path / "cpu.h5")[0], read_volumes(tmp_path / "cuda.h5")[0]
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4 * a.max())

@@ -163,11 +163,24 @@ def test_training_improves_on_ista_and_writes_a_model(workspace, small_bank):
     assert len(lines) == 3 and '"val_psnr"' in lines[0]
 
 
-def test_resume_reproduces_an_uninterrupted_run(workspace):
-    """8 steps in one go = 4 steps, stop, --resume to 8 (adversarial stage included)."""
+def test_resume_reproduces_an_uninterrupted_run(workspace, monkeypatch):
+    """8 steps in one go = interrupted after the step-4 checkpoint, then
+    --resume to 8 (cosine schedule and adversarial stage included)."""
+    from lfm_recon.training import trainer
+
     whole = train(config(workspace, output=str(workspace / "run-whole")), progress=False)
-    half_cfg = config(workspace, CONFIG.replace("steps = 8", "steps = 4"), output="run-half")
-    train(half_cfg, progress=False)
+    save = trainer._Run._save_checkpoint
+
+    def save_then_stop_at_4(run):
+        save(run)
+        if run.step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer._Run, "_save_checkpoint", save_then_stop_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(workspace, output="run-half"), progress=False)
+    monkeypatch.setattr(trainer._Run, "_save_checkpoint", save)
+    assert torch.load(workspace / "run-half" / "checkpoint.pt", weights_only=True)["step"] == 4
     resumed = train(config(workspace, output="run-half"), resume=True, progress=False)
     assert resumed.step == 8
     a = torch.load(workspace / "run-whole" / "checkpoint.pt", weights_only=True)
@@ -275,3 +288,13 @@ def test_cli_train(workspace, capsys):
     assert main(["train", str(path), "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown key(s) ['layerz']" in err[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_cuda_training_runs_in_each_precision(workspace, precision):
+    text = CONFIG.replace("seed = 3", f'seed = 3\ndevice = "cuda"\nprecision = "{precision}"')
+    result = train(config(workspace, text, output=f"run-cuda-{precision}"), progress=False)
+    assert result.step == 8 and np.isfinite(result.best["psnr"])
+    model = load_model(result.model_path, device="cuda")
+    assert model.op.device.type == "cuda"

@@ -46,6 +46,7 @@ def _randomise(net: UnfoldedISTA, seed: int = 0) -> None:
         pytest.param({"per_depth_step": True}, id="per-depth-step"),
         pytest.param({"prior": "cnn"}, id="cnn-prior"),
         pytest.param({"start": "adjoint"}, id="adjoint-start"),
+        pytest.param({"start": "uniform", "lam_fraction": 0.0}, id="uniform-start"),
     ],
 )
 def test_untrained_network_is_ista(op, lightfields, options):
@@ -59,6 +60,10 @@ def test_untrained_network_is_ista(op, lightfields, options):
     lam = net.thresholds()[0].detach().reshape(1, -1, 1, 1) * c
     assert torch.allclose(net.steps().detach(), torch.tensor(mu, dtype=torch.float32))
     expected = torch.zeros_like(x)
+    if options.get("start") == "uniform":  # RL's start: the flux spread evenly
+        flux = (lightfields - b).clamp_min(0).sum(dim=(1, 2, 3))
+        total = op.adjoint(torch.ones_like(lightfields[:1])).sum()
+        expected += (flux / total).reshape(-1, 1, 1, 1)
     with torch.no_grad():
         for _ in range(6):
             expected = ista_step(op, expected, lightfields, mu, lam, b)
@@ -77,25 +82,18 @@ def test_scale_equivariance(op, lightfields, data_term):
     torch.testing.assert_close(x_bright, 37.0 * x, rtol=1e-4, atol=1e-4 * float(x.max()) * 37)
 
 
-def test_poisson_term_is_the_likelihood_gradient(op, lightfields):
-    """One layer from x₀ = s·Hᵀ(y−b) takes the step −μ ∇L with
-    L(x) = Σ (Hx + b + κ) − (y + κ) log(Hx + b + κ), computed by autograd."""
-    net = UnfoldedISTA(op, 1, data_term="poisson", start="adjoint", variance_floor=0.2)
+def test_untrained_poisson_network_is_richardson_lucy(op, lightfields):
+    """μ = 1, λ = 0, ε = 0 and RL's uniform start: the EM-scaled Poisson step
+    is Richardson–Lucy, compared with the solver's own implementation."""
+    from lfm_recon.solvers import richardson_lucy
+
+    net = UnfoldedISTA(op, 5, data_term="poisson", em_floor=0.0)
     with torch.no_grad():
-        net.start_scale.fill_(0.5)
-        net.lam_logits.fill_(-30.0)  # λ ≈ 0
-    y, b = lightfields[:1], torch.tensor(5.0)
-    c = UnfoldedISTA.normalisation(y, b)
-    yn, bn = y / c, b / c
-    x0 = (0.5 * op.adjoint(yn - bn)).requires_grad_(True)
-    mu_model = op(x0) + bn + 0.2
-    likelihood = (mu_model - (yn + 0.2) * torch.log(mu_model)).sum()
-    (grad,) = torch.autograd.grad(likelihood, x0)
-    step = float(net.steps()[0, 0].detach())
-    expected = torch.relu(x0.detach() - step * grad)
-    with torch.no_grad():
-        got = net(y, 5.0, normalised=True)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * float(expected.max()))
+        net.lam_logits.fill_(-60.0)  # λ = softplus(−60)·λ₀ ≈ 1e-26·λ₀
+        x = net(lightfields, 5.0)
+    expected = richardson_lucy(op, lightfields, 5, background=5.0)
+    torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-6 * float(expected.max()))
+    assert torch.allclose(net.steps().detach(), torch.ones(5, 1))
 
 
 def test_gradients_reach_steps_and_thresholds_only():
@@ -199,3 +197,26 @@ def test_step_and_threshold_parametrisation(op):
     assert float(net.thresholds().detach().max()) == pytest.approx(50 * lam0, rel=1e-6)
     assert net.steps().shape == (2, op.n_depths) and net.thresholds().shape == (2, op.n_depths)
     assert math.isfinite(lam0) and lam0 > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    ("compute", "tolerance"),
+    [
+        pytest.param("exact", 1e-4, id="fp32"),
+        pytest.param("tf32", 2e-2, id="tf32"),
+        pytest.param("bf16", 5e-2, id="bf16"),
+    ],
+)
+def test_cuda_network_matches_cpu(small_bank, lightfields, compute, tolerance):
+    cpu = UnfoldedISTA(LightFieldOperator(small_bank), 4, prior="cnn", data_term="poisson")
+    _randomise(cpu, seed=7)
+    gpu = UnfoldedISTA(
+        LightFieldOperator(small_bank, device="cuda", compute=compute), config=cpu.config
+    )
+    gpu.load_state_dict(cpu.state_dict())
+    with torch.no_grad():
+        expected = cpu(lightfields, 5.0)
+        got = gpu(lightfields.cuda(), 5.0).cpu()
+    error = float((got - expected).norm() / expected.norm())
+    assert error < tolerance, error

@@ -39,6 +39,7 @@ from ..unfolded import UnfoldedConfig
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 GANS = ("lsgan", "wgan-gp")
+SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,8 @@ class OptimConfig:
         prior_lr: learning rate of the CNN prior (model.prior = "cnn").
         discriminator_lr: learning rate of the discriminator.
         grad_clip: largest gradient norm (global, per step).
+        schedule: ``"cosine"`` (learning rates decay to 0 over ``steps``,
+            half a cosine) or ``"constant"``.
         time_budget: seconds of training after which the run stops (counted
             across resumes; 0 = no limit).
     """
@@ -126,6 +129,7 @@ class OptimConfig:
     prior_lr: float = 1e-3
     discriminator_lr: float = 2e-4
     grad_clip: float = 1.0
+    schedule: str = "cosine"
     time_budget: float = 0.0
 
 
@@ -291,6 +295,8 @@ def _check(c: TrainConfig) -> None:
         raise LFMError("data.train: give the HDF5 data set to train on (lfm-recon simulate)")
     if c.precision not in PRECISIONS:
         raise LFMError(f"precision must be one of {PRECISIONS}, got {c.precision!r}")
+    if o.schedule not in SCHEDULES:
+        raise LFMError(f"optim.schedule must be one of {SCHEDULES}, got {o.schedule!r}")
     if loss.gan not in GANS:
         raise LFMError(f"loss.gan must be one of {GANS}, got {loss.gan!r}")
     for name, value in (

@@ -201,6 +201,7 @@ class _Run:
         if self.net.priors is not None:
             groups.append({"params": list(self.net.priors.parameters()), "lr": cfg.optim.prior_lr})
         self.opt = torch.optim.Adam(groups)
+        self._base_lrs = [g["lr"] for g in groups]
         self.disc = self.opt_d = None
         if cfg.loss.adversarial > 0:
             self.disc = VolumeDiscriminator().to(ctx.device)
@@ -242,7 +243,7 @@ class _Run:
     def _scalar_params(self) -> list:
         net = self.net
         params = [net.step_logits, net.lam_logits]
-        if net.config.start == "adjoint":
+        if net.config.initial == "adjoint":
             params.append(net.start_scale)
         return params
 
@@ -296,6 +297,7 @@ class _Run:
 
     def _train_step(self) -> dict:
         cfg, ctx, w = self.cfg, self.ctx, self.cfg.loss
+        self._set_learning_rates()
         batch = self.data.batch(cfg.seed, self.step, ctx.rank, ctx.world).to(ctx.device)
         y, b = batch.y, batch.background
         c = UnfoldedISTA.normalisation(y, b)
@@ -338,6 +340,19 @@ class _Run:
         out["total"] = float(total.detach())
         return out
 
+    def _set_learning_rates(self) -> None:
+        """Cosine decay over optim.steps (a function of the step alone, so
+        resumed and uninterrupted runs agree)."""
+        o = self.cfg.optim
+        factor = 1.0
+        if o.schedule == "cosine":
+            factor = 0.5 * (1 + math.cos(math.pi * self.step / o.steps))
+        for group, base in zip(self.opt.param_groups, self._base_lrs, strict=True):
+            group["lr"] = base * factor
+        if self.opt_d is not None:
+            for group in self.opt_d.param_groups:
+                group["lr"] = o.discriminator_lr * factor
+
     def _discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         seed = np.random.SeedSequence([cfg.seed, self.step, 1]).generate_state(1)[0]
@@ -378,7 +393,7 @@ class _Run:
             record[f"loss_{key}"] = float(np.mean([d[key] for d in epoch_losses if key in d]))
         val = self.validate()
         record.update({f"val_{k}": v for k, v in val.items()})
-        record["lr"] = self.cfg.optim.lr
+        record["lr"] = self.opt.param_groups[0]["lr"]
         if not self.best or val["psnr"] > self.best["psnr"]:
             self.best = {**val, "step": self.step}
             save_model(self.net, self.model_path, training=self._training_info())
