@@ -54,8 +54,10 @@ def main() -> None:
     # One field of neurons; each soma's brightness follows its own transients.
     _, yv, xv = op.volume_shape((lenslets, lenslets))
     rng = np.random.default_rng(0)
-    cells = [neurons(bank.depths, (yv, xv), lateral, n_neurons=1, seed=int(s)).volume
-             for s in rng.integers(1 << 31, size=12)]
+    cells = [
+        neurons(bank.depths, (yv, xv), lateral, n_neurons=1, seed=int(s)).volume
+        for s in rng.integers(1 << 31, size=12)
+    ]
     activity = 0.3 + rng.gamma(0.5, 1.0, size=(n_frames, len(cells)))
     volumes = np.einsum("tc,cdyx->tdyx", activity, np.stack(cells)).astype(np.float32)
     frames = op.simulate(torch.from_numpy(volumes), photons=300, background=5, seed=1)
@@ -68,8 +70,13 @@ def main() -> None:
     for name, kwargs in runs:
         target = out / f"recording_{name}.h5"
         report = reconstruct_files(
-            [out / "recording.tif"], target, background=5.0, batch=4, overwrite=True,
-            progress=not args.quick, **kwargs,
+            [out / "recording.tif"],
+            target,
+            background=5.0,
+            batch=4,
+            overwrite=True,
+            progress=not args.quick,
+            **kwargs,
         )
         x, info = read_volumes(target)
         print(
@@ -77,8 +84,13 @@ def main() -> None:
             f" ({report.volumes_per_second:.2f} volumes/s); voxel (z, y, x)"
             f" {info['element_size_um']} µm; flagged frames: {report.flagged or 'none'}"
         )
-        plot_mips(x.mean(axis=0), bank.voxel_size, out / f"recording_{name}_mean.png",
-                  title=f"{name}: mean over the recording", depths=bank.depths)
+        plot_mips(
+            x.mean(axis=0),
+            bank.voxel_size,
+            out / f"recording_{name}_mean.png",
+            title=f"{name}: mean over the recording",
+            depths=bank.depths,
+        )
     print(f"wrote {out}/recording.tif, recording_*.h5 and recording_*_mean.png")
 
 
