@@ -75,8 +75,9 @@ def make_data(bank, folder: Path, n_labelled: int, n_unlabeled: int, n_validatio
     return train_path, val_path, val
 
 
-def seconds_per_volume(fn, y) -> float:
-    return _time(lambda: fn(y), torch.device("cpu"), 3) / len(y)
+def seconds_per_volume(fn, y, device: torch.device | None = None) -> float:
+    device = device or torch.device("cpu")
+    return _time(lambda: fn(y.to(device)), device, 3) / len(y)
 
 
 def baselines(op, val, rl_max: int) -> dict:
@@ -116,13 +117,14 @@ def baselines(op, val, rl_max: int) -> dict:
     return {"rl": rl, "fista": fista}
 
 
-def run_variant(name, model, loss, steps, budget, paths, folder, seed) -> dict:
+def run_variant(name, model, loss, steps, budget, paths, folder, seed, device="cpu") -> dict:
     train_path, val_path = paths
     config = TrainConfig.from_dict(
         {
             "psf": str(folder / "bank.h5"),
             "output": str(folder / f"run-{abs(hash(name)) % 10**8}"),
             "seed": seed,
+            "device": device,
             "steps_per_epoch": 50,
             "checkpoint_every": 1000,
             "model": {**BASE_MODEL, **model},
@@ -140,10 +142,11 @@ def run_variant(name, model, loss, steps, budget, paths, folder, seed) -> dict:
     start = time.perf_counter()
     result = train(config, overwrite=True, progress=False)
     seconds = time.perf_counter() - start
-    net = load_model(result.model_path)
+    dev = torch.device(device)
+    net = load_model(result.model_path, device=dev)
     with torch.no_grad():
         y = torch.from_numpy(np.load(folder / "val_y.npy"))
-        t = seconds_per_volume(lambda v: net(v, 5.0), y[:BATCH])
+        t = seconds_per_volume(lambda v: net(v, 5.0), y[:BATCH], dev)
     return {
         "name": name,
         **result.best,
@@ -166,6 +169,7 @@ def main() -> None:
     parser.add_argument("--rl-max", type=int, default=1000)
     parser.add_argument("--only", default="baselines,main,ablation,variants")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="training and timing device")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     parts = set(args.only.split(","))

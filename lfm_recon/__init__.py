@@ -15,6 +15,11 @@ from .errors import LFMError
 from .microscope import Microscope, list_presets
 from .operator import LightFieldOperator
 from .psf import PSFBank, generate_psf
+
+# The per-frame and file-level reconstruction entry points. (The function
+# ``reconstruct`` takes the place of the module's name on the package; import
+# the module's other names with ``from lfm_recon.reconstruct import ...``.)
+from .reconstruct import reconstruct, reconstruct_files
 from .unfolded import UnfoldedISTA
 
 __all__ = [
@@ -26,4 +31,6 @@ __all__ = [
     "__version__",
     "generate_psf",
     "list_presets",
+    "reconstruct",
+    "reconstruct_files",
 ]

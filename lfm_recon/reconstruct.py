@@ -470,17 +470,26 @@ class _PartStore:
             smoothing=0.1,
         )
         try:
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                future = pool.submit(_load, recording, cal, todo[0]) if todo else None
+            # One thread reads (and calibrates) the next batch, another writes
+            # the last one, while this one computes; at most one of each is
+            # in flight, which bounds memory and surfaces their errors here.
+            with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(1) as writer:
+                loading = reader.submit(_load, recording, cal, todo[0]) if todo else None
+                writing = None
                 for i, (a, b) in enumerate(todo):
-                    y = future.result()
-                    if i + 1 < len(todo):  # prefetch the next batch while this one computes
-                        future = pool.submit(_load, recording, cal, todo[i + 1])
+                    y = loading.result()
+                    if i + 1 < len(todo):
+                        loading = reader.submit(_load, recording, cal, todo[i + 1])
                     y = torch.from_numpy(y)[:, None]
                     x = fn(y)
-                    self._write_part(a, b, x.cpu().numpy().astype(np.float32), _qc(fn, x, y))
-                    computed += b - a
+                    qc = _qc(fn, x, y)
+                    volumes = x.cpu().numpy().astype(np.float32, copy=False)
+                    if writing is not None:
+                        computed += writing.result()
+                    writing = writer.submit(self._write_part, a, b, volumes, qc)
                     bar.update((b - a) * self.world)
+                if writing is not None:
+                    computed += writing.result()
         except BaseException:
             # A run that fails before finishing any frame leaves nothing behind.
             if self.rank == 0 and self.world == 1 and not self._done_ranges():
@@ -498,7 +507,9 @@ class _PartStore:
         parameters = {k: self.provenance.get(k) for k in ("method", "iterations", "background")}
         return RunReport(self.output, total, computed, flagged, seconds, parameters, empty)
 
-    def _write_part(self, a: int, b: int, volumes: np.ndarray, qc: dict) -> None:
+    def _write_part(self, a: int, b: int, volumes: np.ndarray, qc: dict) -> int:
+        """Write frames a…b−1 as a part (temporary name, then rename); returns
+        the number of frames written."""
         final = self.folder / f"part-{a:07d}-{b:07d}.h5"
         tmp = self.folder / f".part-{a:07d}-{b:07d}.tmp-{os.getpid()}"
         try:
@@ -507,6 +518,7 @@ class _PartStore:
                 for key, value in qc.items():
                     f.create_dataset(key, data=value)
             os.replace(tmp, final)
+            return b - a
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             if exc.errno == errno.ENOSPC or "No space" in str(exc):

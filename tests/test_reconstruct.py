@@ -20,7 +20,7 @@ from lfm_recon.cli import main
 from lfm_recon.data import simulate_dataset
 from lfm_recon.metrics import reprojection_residual
 from lfm_recon.modelfile import save_model
-from lfm_recon.reconstruct import read_volumes, reconstruct, reconstruct_files
+from lfm_recon.reconstruct import _PartStore, read_volumes, reconstruct, reconstruct_files
 
 T = 12  # frames in the test recording
 
@@ -227,8 +227,6 @@ def test_full_disk_keeps_finished_frames(recording, tmp_path, monkeypatch):
 
 
 def test_unfinished_run_with_other_settings(recording, tmp_path, monkeypatch):
-    import lfm_recon.reconstruct as R
-
     root, _, _ = recording
     kwargs = dict(psf=root / "bank.h5", method="rl", background=5.0, batch=4, progress=False)
 
@@ -236,11 +234,11 @@ def test_unfinished_run_with_other_settings(recording, tmp_path, monkeypatch):
         real(self, a, b, volumes, qc)
         raise KeyboardInterrupt
 
-    real = R._PartStore._write_part
-    monkeypatch.setattr(R._PartStore, "_write_part", fail_after_first)
+    real = _PartStore._write_part
+    monkeypatch.setattr(_PartStore, "_write_part", fail_after_first)
     with pytest.raises(KeyboardInterrupt):
         reconstruct_files([root / "series.tif"], tmp_path / "v.h5", n_iter=3, **kwargs)
-    monkeypatch.setattr(R._PartStore, "_write_part", real)
+    monkeypatch.setattr(_PartStore, "_write_part", real)
     with pytest.raises(LFMError, match=r"unfinished run with other settings.*iterations"):
         reconstruct_files([root / "series.tif"], tmp_path / "v.h5", n_iter=5, **kwargs)
     report = reconstruct_files(
