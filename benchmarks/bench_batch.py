@@ -69,7 +69,7 @@ def main() -> None:
     x = torch.from_numpy((rng.random((1, *shape)) > 0.999).astype(np.float32))
     y = op.simulate(x, photons=300, background=5, seed=0)[0, 0].numpy()
     frames = np.stack([np.roll(y, 7 * t, axis=1) for t in range(args.frames)]).astype(np.uint16)
-    tifffile.imwrite(folder / "recording.tif", frames)
+    tifffile.imwrite(folder / "recording.tif", frames, photometric="minisblack")
 
     from lfm_recon.modelfile import load_model
 

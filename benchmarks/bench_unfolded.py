@@ -170,6 +170,7 @@ def main() -> None:
     parser.add_argument("--only", default="baselines,main,ablation,variants")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="training and timing device")
+    parser.add_argument("--match", default="", help="only the runs whose name contains this")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     parts = set(args.only.split(","))
@@ -204,9 +205,12 @@ def main() -> None:
         runs += [(n, m, lo, *other) for n, (m, lo) in VARIANTS.items() if n != MAIN]
     if "ablation" in parts:
         runs += [(f"ablation: {n}", CNN, lo, *other) for n, lo in ABLATION.items()]
+    runs = [r for r in runs if args.match in r[0]]
     for name, model, loss, steps, budget in runs:
         r = run_variant(name, model, loss, steps, budget, (train_path, val_path), folder, args.seed)
         out["runs"].append(r)
+        if args.json:  # after every run: a long benchmark keeps what it measured
+            Path(args.json).write_text(json.dumps(out, indent=1, default=float))
         print(
             f"{name}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}, F1 {r['f1']:.3f} (step"
             f" {r['step']} of {r['steps']}, {r['train_seconds']:.0f} s), {r['s_per_volume']:.3f}"

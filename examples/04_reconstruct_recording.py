@@ -61,7 +61,8 @@ def main() -> None:
     activity = 0.3 + rng.gamma(0.5, 1.0, size=(n_frames, len(cells)))
     volumes = np.einsum("tc,cdyx->tdyx", activity, np.stack(cells)).astype(np.float32)
     frames = op.simulate(torch.from_numpy(volumes), photons=300, background=5, seed=1)
-    tifffile.imwrite(out / "recording.tif", frames[:, 0].numpy().astype(np.uint16))
+    stack = frames[:, 0].numpy().astype(np.uint16)
+    tifffile.imwrite(out / "recording.tif", stack, photometric="minisblack")  # one page per frame
     print(f"recording: {n_frames} frames of {frames.shape[-2]}×{frames.shape[-1]} px")
 
     runs = [("rl", dict(psf=out / "psf.h5", method="rl", n_iter=10 if args.quick else 100))]

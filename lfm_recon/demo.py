@@ -100,7 +100,7 @@ def run_demo(output: str | Path = "lfm_demo", budget: float = 120.0, progress: b
 
     held = np.arange(N_TRAIN, N_TRAIN + 4)  # unseen: after the labelled, before validation
     background = float(data.simulation["background"])
-    tifffile.imwrite(out / "lightfields.tif", data.lightfields[held, 0])
+    tifffile.imwrite(out / "lightfields.tif", data.lightfields[held, 0], photometric="minisblack")
     rows = []
     runs = (
         ("rl", dict(psf=out / "psf.h5", method="rl", n_iter=RL_ITERATIONS), "rl.tif"),
