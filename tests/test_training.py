@@ -298,3 +298,24 @@ def test_cuda_training_runs_in_each_precision(workspace, precision):
     assert result.step == 8 and np.isfinite(result.best["psnr"])
     model = load_model(result.model_path, device="cuda")
     assert model.op.device.type == "cuda"
+
+
+def test_wgan_gp_and_tiff_unlabeled_light_fields(workspace):
+    """WGAN-GP's penalty path, an SSIM term, and unlabeled frames from a TIFF stack."""
+    import tifffile
+
+    from lfm_recon.data import SimulatedData
+
+    frames = SimulatedData.load(workspace / "data.h5").unlabeled[:, 0]
+    tifffile.imwrite(workspace / "more.tif", frames, photometric="minisblack")
+    text = (
+        CONFIG.replace("adversarial = 0.05", 'adversarial = 0.05\ngan = "wgan-gp"\nssim = 0.1')
+        .replace("unlabeled_batch_size = 2", 'unlabeled_batch_size = 2\nunlabeled = ["more.tif"]')
+        .replace("warmup_steps = 4", "warmup_steps = 2")
+    )
+    cfg = config(workspace, text, output="run-wgan")
+    assert cfg.data.unlabeled == (str(workspace / "more.tif"),)
+    result = train(cfg, progress=False)
+    assert result.step == 8 and np.isfinite(result.best["psnr"])
+    last = result.history[-1]
+    assert np.isfinite(last["loss_discriminator"]) and "loss_ssim" in last
