@@ -28,17 +28,13 @@ import numpy as np
 import tifffile
 import torch
 
+from benchmarks.bench_operator import _sync
 from lfm_recon import LightFieldOperator, Microscope, UnfoldedISTA, generate_psf
 from lfm_recon.data import sample
 from lfm_recon.modelfile import save_model
 from lfm_recon.reconstruct import reconstruct_files
 
 ARCHITECTURE = {"n_layers": 8, "prior": "cnn", "data_term": "poisson", "per_depth_step": True}
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.bench_operator import CONFIGS, _time
+from benchmarks.bench_operator import CONFIGS, _sync, _time
 from lfm_recon import LightFieldOperator, Microscope, UnfoldedISTA, generate_psf
 from lfm_recon import solvers as S
 
@@ -52,11 +52,6 @@ def matmul_rate(flops: float, device, precision: str, repeat: int) -> float:
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
     return 2 * n**3 / t / 1e9
-
-
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _free(device) -> None:
