@@ -250,9 +250,11 @@ class _Run:
     def _init_lambda(self) -> None:
         """λ₀ from the training light fields (up to 32 whole frames)."""
         d = self.data
-        y = torch.from_numpy(d.lightfields[:32])
-        b = torch.from_numpy(d.labelled_background[:32]).reshape(-1, 1, 1, 1)
-        self.net.set_lambda_scale(y, b)
+        if len(d.lightfields):
+            y, b = d.lightfields[:32], d.labelled_background[:32]
+        else:  # unlabeled light fields only (re-synthesis training)
+            y, b = d._unlabeled_parts[0][:32], d._unlabeled_bg[0][:32]
+        self.net.set_lambda_scale(torch.from_numpy(y), torch.from_numpy(b).reshape(-1, 1, 1, 1))
 
     def _tensorboard(self):
         try:
