@@ -123,6 +123,11 @@ class TrainingData:
             backgrounds.append(np.full(len(frames), b, np.float32))
         self._unlabeled_parts = unlabeled
         self._unlabeled_bg = backgrounds
+        if self.n_labelled == 0 and self.n_unlabeled == 0:
+            raise LFMError(
+                f"nothing to train on: {cfg.train} gives no paired samples outside the validation"
+                " set and no unlabeled light fields are given (data.unlabeled)"
+            )
         self._check_sizes()
         self.symmetries = bank_symmetries(bank)
         self.codes = _allowed_codes(self.symmetries) if cfg.augment else [0]
