@@ -230,7 +230,7 @@ class UnfoldedISTA(nn.Module):
         tiny = torch.finfo(y.dtype).tiny
         sens = None
         if poisson or cfg.initial == "uniform":
-            sens = op.backproject(torch.ones_like(y[:1]))  # Hᵀ1, (1, D, Yv, Xv)
+            sens = self._sensitivity(y)
         x = self._start(y, b, sens)
         if poisson:
             y_counts = y.clamp_min(0)  # the Poisson model needs y ≥ 0 (as RL)
@@ -252,6 +252,16 @@ class UnfoldedISTA(nn.Module):
                 v = v + self.priors[k](v)
             x = threshold(v, mu * lams[k].reshape(1, -1, 1, 1))
         return x
+
+    def _sensitivity(self, y: torch.Tensor) -> torch.Tensor:
+        """Hᵀ1 (1, D, Yv, Xv) for light fields shaped like y, computed once per
+        frame size (H is fixed, so it never changes)."""
+        key = (tuple(y.shape[-2:]), y.device, y.dtype)
+        cache = self.__dict__.setdefault("_sens_cache", {})
+        if key not in cache:
+            with torch.no_grad():
+                cache[key] = self.op.backproject(torch.ones_like(y[:1]))
+        return cache[key]
 
     def _start(self, y, b, sens) -> torch.Tensor | None:
         """x₀ (None for zero: H x₀ = 0 needs no projection)."""
