@@ -38,7 +38,7 @@ import torch
 from lfm_recon import LightFieldOperator, Microscope, generate_psf
 from lfm_recon.calibration import CalibrationWarning, calibrate
 from lfm_recon.figures import plot_lenslet_grid, plot_mips
-from lfm_recon.io import read_frames, read_lightfield, write_volume_tiff
+from lfm_recon.io import read_frames, write_volume_tiff
 from lfm_recon.metrics import reprojection_residual
 from lfm_recon.solvers import richardson_lucy
 
@@ -116,7 +116,7 @@ def run(sample: Sample, root: Path, out: Path, quick: bool, n_iter: int) -> None
     print(f"\n=== {name} ({sample.preset}, nominal raw pixel {sample.raw_pixel:g} µm)")
     white = read_frames(root / name / sample.white, "white frame")
     dark = read_frames(root / name / sample.dark, "dark frame")
-    raw = read_lightfield(root / name / sample.lightfield)
+    raw = read_frames(root / name / sample.lightfield, "light-field")  # one frame (Y, X)
 
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:

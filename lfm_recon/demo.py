@@ -27,6 +27,7 @@ from .errors import LFMError
 from .evaluate import score
 from .figures import plot_mips, plot_psf_bank
 from .modelfile import load_model
+from .operator import LightFieldOperator
 from .reconstruct import read_volumes, reconstruct_files
 from .training import TrainConfig, train
 
@@ -113,6 +114,7 @@ def run_demo(output: str | Path = "lfm_demo", budget: float = 120.0, progress: b
         ("net", dict(model=model, method="net"), "net.h5"),
     )
     volumes = {}
+    op = LightFieldOperator(bank)  # for scoring (the reprojection residual)
     for name, kwargs, target in runs:
         for stale in (out / target, out / f"{target}.partial"):
             if stale.is_dir():
@@ -132,7 +134,7 @@ def run_demo(output: str | Path = "lfm_demo", budget: float = 120.0, progress: b
         else:
             x = tifffile.imread(out / target)
         volumes[name] = x
-        s = score(torch.from_numpy(x), data, held, _operator(bank), background).summary()
+        s = score(torch.from_numpy(x), data, held, op, background).summary()
         rows.append({"method": name, **s, "s_per_volume": report.seconds / report.computed})
     label = {"rl": f"Richardson–Lucy, {RL_ITERATIONS} it.", "net": "unfolded network (8 layers)"}
     print(
@@ -162,9 +164,3 @@ def run_demo(output: str | Path = "lfm_demo", budget: float = 120.0, progress: b
         f" {time.perf_counter() - start:.0f} s in all"
     )
     return rows
-
-
-def _operator(bank):
-    from .operator import LightFieldOperator
-
-    return LightFieldOperator(bank)

@@ -69,21 +69,6 @@ def read_frames(path: str | Path, what: str = "image") -> np.ndarray:
     return image.astype(np.float32)
 
 
-def read_lightfield(path: str | Path) -> np.ndarray:
-    """One light-field frame from a TIFF file: float32 (Y, X), camera counts.
-
-    As :func:`read_frames`, but a stack of several frames is an error that
-    says so (``reconstruct`` takes one frame per file).
-    """
-    image = read_frames(path, "light-field")
-    if image.ndim != 2:
-        raise LFMError(
-            f"{path} holds {image.shape[0]} frames of {image.shape[1]}×{image.shape[2]} px;"
-            " `reconstruct` takes one 2-D light-field frame (Y, X): save one frame per file"
-        )
-    return image
-
-
 def write_volume_tiff(
     path: str | Path,
     volume: np.ndarray,

@@ -304,24 +304,25 @@ class _ProxCNN(nn.Module):
         return self.body(v)
 
 
-def _ht1_max(op: LightFieldOperator) -> float:
-    """max Hᵀ1 on a field large enough for interior voxels (kernels sum to 1,
-    so it is ≈ 1 for voxels whose light stays on the sensor)."""
+def _interior_ht1(op: LightFieldOperator) -> tuple[torch.Tensor, int]:
+    """(Hᵀ1, pixel count) for a light field of ones on a field large enough
+    to hold interior voxels (whose light all stays on the sensor)."""
     r = max(g.radius for g in op._groups)
-    n = 2 * r + 1
-    ones = torch.ones((1, *op.lightfield_shape((n, n))), dtype=op.dtype, device=op.device)
+    ones = torch.ones((1, *op.lightfield_shape((2 * r + 1,) * 2)), dtype=op.dtype, device=op.device)
     with torch.no_grad():
-        return float(op.backproject(ones).max())
+        return op.backproject(ones), ones.numel()
+
+
+def _ht1_max(op: LightFieldOperator) -> float:
+    """max Hᵀ1: λ_max of a uniform light field of mean 1 (≈ 1, kernels sum to 1)."""
+    return float(_interior_ht1(op)[0].max())
 
 
 def _uniform_level(op: LightFieldOperator) -> float:
     """The uniform start's voxel value for a light field of mean 1:
-    N_pixels / ΣHᵀ1 ≈ nnum² / (s² D) (flux conservation), on an interior field."""
-    r = max(g.radius for g in op._groups)
-    n = 2 * r + 1
-    ones = torch.ones((1, *op.lightfield_shape((n, n))), dtype=op.dtype, device=op.device)
-    with torch.no_grad():
-        return float(ones.sum() / op.backproject(ones).sum())
+    N_pixels / ΣHᵀ1 ≈ nnum² / (s² D) (flux conservation)."""
+    ht1, pixels = _interior_ht1(op)
+    return float(pixels / ht1.sum())
 
 
 def _positive_int(value, name: str) -> None:

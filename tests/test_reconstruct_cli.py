@@ -10,7 +10,7 @@ import torch
 from lfm_recon import LightFieldOperator
 from lfm_recon.cli import main
 from lfm_recon.data import simulate_dataset
-from lfm_recon.io import read_lightfield, read_volume_tiff, write_volume_tiff
+from lfm_recon.io import read_frames, read_volume_tiff, write_volume_tiff
 from lfm_recon.solvers import richardson_lucy
 
 
@@ -126,7 +126,11 @@ def test_volume_tiff_round_trip_and_atomic_failure(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.tif"]
 
 
-def test_read_lightfield_squeezes_one_page(tmp_path):
+def test_one_page_stack_is_one_frame(tmp_path):
+    from lfm_recon.recording import Recording
+
     tifffile.imwrite(tmp_path / "a.tif", np.ones((1, 30, 45), np.uint16))
-    image = read_lightfield(tmp_path / "a.tif")
+    image = read_frames(tmp_path / "a.tif")
     assert image.shape == (30, 45) and image.dtype == np.float32
+    recording = Recording([tmp_path / "a.tif"])
+    assert len(recording) == 1 and recording.read(0, 1).shape == (1, 30, 45)
