@@ -6,17 +6,25 @@ neuron-like data at 300 photons peak, background 5, Poisson noise:
 
 * training set: ``--labelled`` paired volumes (default 4) and
   ``--unlabeled`` light fields (default 64);
-* validation set: ``--validation`` paired volumes (default 8), other seeds.
+* validation set: ``--validation`` paired volumes (default 8), other seeds:
+  picks RL's iteration count, FISTA's λ and each network's best checkpoint;
+* test set: ``--test`` paired volumes (default 8), other seeds again: every
+  figure reported is measured here, on data that selected nothing.
 
-Baselines on the validation set: Richardson–Lucy at its best iteration count
-(chosen on this set, up to ``--rl-max``), FISTA with the best λ after 200
-iterations. Each network variant trains for a CPU time budget and is scored
-by its best validation checkpoint (PSNR after least-squares scaling, SSIM,
-pooled detection F1: ``lfm_recon.evaluate``). Times per volume are measured
-in this process at batch 8, after a warm-up.
+Baselines: Richardson–Lucy at its best iteration count (up to ``--rl-max``)
+and FISTA with the best λ after 200 iterations. Each network variant trains
+for a number of steps (with a CPU time cap) and is scored by its best
+validation checkpoint (PSNR after least-squares scaling, SSIM, pooled
+detection F1: ``lfm_recon.evaluate``). Times per volume are measured in this
+process at batch 8, after a warm-up.
+
+``--ablate`` undoes one of issue 11's fixes in the training path, to measure
+what each does (only with the code that has them): ``margin`` scores whole
+patches (light crossing the cut edges included), ``patch-scale`` normalises
+each patch by its own mean signal instead of its frame's.
 
     python -m benchmarks.bench_unfolded [--steps 800] [--variant-steps 250]
-        [--only baselines,main,ablation,variants] [--json out.json]
+        [--only baselines,main,ablation,variants] [--ablate margin] [--json out.json]
 
 Run from the repository root.
 """
@@ -59,6 +67,37 @@ VARIANTS = {
         {"resynthesis": 0.1},
     ),
 }
+
+
+def _score_whole_patches() -> None:
+    """Issue 11 ablation: no margins (the old, inconsistent patch losses)."""
+    from lfm_recon.training import sampler
+
+    init = sampler.PatchSampler.__init__
+
+    def no_margin(self, data, margin, symmetries):
+        init(self, data, 0, symmetries)
+
+    sampler.PatchSampler.__init__ = no_margin
+
+
+def _patch_scale() -> None:
+    """Issue 11 ablation: each patch normalised by its own mean signal."""
+    from lfm_recon.training import sampler
+    from lfm_recon.unfolded import UnfoldedISTA
+
+    batch = sampler.PatchSampler.batch
+
+    def own_scale(self, *args, **kwargs):
+        b = batch(self, *args, **kwargs)
+        b.scale = UnfoldedISTA.signal_scale(b.y, b.background)
+        return b
+
+    sampler.PatchSampler.batch = own_scale
+
+
+ABLATIONS = {"margin": _score_whole_patches, "patch-scale": _patch_scale}
+
 ABLATION = {
     "supervised only": {},
     "+ re-synthesis on unlabeled": {"resynthesis": 0.1},
@@ -66,13 +105,14 @@ ABLATION = {
 }
 
 
-def make_data(bank, folder: Path, n_labelled: int, n_unlabeled: int, n_validation: int):
+def make_data(bank, folder: Path, n_labelled, n_unlabeled, n_validation, n_test):
     camera = dict(lenslets=(21, 21), photons=300.0, background=5.0)
     train_path, val_path = folder / "train.h5", folder / "validation.h5"
     simulate_dataset(bank, n_labelled, n_unlabeled, seed=7001, **camera).save(train_path)
     val = simulate_dataset(bank, n_validation, 0, seed=7002, **camera)
     val.save(val_path)
-    return train_path, val_path, val
+    test = simulate_dataset(bank, n_test, 0, seed=7003, **camera)
+    return train_path, val_path, val, test
 
 
 def seconds_per_volume(fn, y, device: torch.device | None = None) -> float:
@@ -80,44 +120,47 @@ def seconds_per_volume(fn, y, device: torch.device | None = None) -> float:
     return _time(lambda: fn(y.to(device)), device, 3) / len(y)
 
 
-def baselines(op, val, rl_max: int) -> dict:
-    """Best-iteration RL, best-λ FISTA (200 iterations), and their times."""
-    y = torch.from_numpy(val.lightfields)
-    idx = np.arange(len(y))
+def baselines(op, val, test, rl_max: int) -> dict:
+    """RL at its best iteration and FISTA at its best λ (200 iterations),
+    each chosen on the validation set and scored on the test set."""
     background = float(val.simulation["background"])
-    points = []
+    curve = {}
 
     def at(k, x):
         if k in RL_CHECKPOINTS:
-            points.append({"iterations": k, **score(x, val, idx, op, background).summary()})
+            curve[k] = score(x, val, np.arange(len(x)), op, background).summary()["psnr"]
 
-    S.RichardsonLucy(op, y, background).run(rl_max, callback=at)
-    rl = max(points, key=lambda p: p["psnr"])
-    n = rl["iterations"]
+    S.RichardsonLucy(op, torch.from_numpy(val.lightfields), background).run(rl_max, callback=at)
+    n = max(curve, key=curve.get)
+    y = torch.from_numpy(test.lightfields)
+    idx = np.arange(len(y))
+    rl = {"iterations": n, "validation_psnr": curve[n], "validation_curve": curve}
+    rl.update(
+        score(
+            S.richardson_lucy(op, y, n, background=background), test, idx, op, background
+        ).summary()
+    )
     rl["s_per_volume"] = seconds_per_volume(
         lambda v: S.richardson_lucy(op, v, n, background=background), y[:BATCH]
     )
-    rl["curve"] = points
-    fistas = []
+    y_val = torch.from_numpy(val.lightfields)
+    fista_val = {}
     for f in FISTA_FRACTIONS:
-        lam = f * S.lambda_max(op, y, background)
-        x = S.fista(op, y, lam, 200, background=background)
-        fistas.append(
-            {"lam_fraction": f, "iterations": 200, **score(x, val, idx, op, background).summary()}
-        )
-    fista = max(fistas, key=lambda p: p["psnr"])
-    lam_f = fista["lam_fraction"]
-    fista["s_per_volume"] = seconds_per_volume(
-        lambda v: S.fista(
-            op, v, lam_f * S.lambda_max(op, v, background), 200, background=background
-        ),
-        y[:BATCH],
-    )
-    fista["all"] = fistas
+        lam = f * S.lambda_max(op, y_val, background)
+        x = S.fista(op, y_val, lam, 200, background=background)
+        fista_val[f] = score(x, val, np.arange(len(x)), op, background).summary()["psnr"]
+    lam_f = max(fista_val, key=fista_val.get)
+
+    def run_fista(v):
+        return S.fista(op, v, lam_f * S.lambda_max(op, v, background), 200, background=background)
+
+    fista = {"lam_fraction": lam_f, "iterations": 200, "validation_psnr": fista_val[lam_f]}
+    fista.update(score(run_fista(y), test, idx, op, background).summary())
+    fista["s_per_volume"] = seconds_per_volume(run_fista, y[:BATCH])
     return {"rl": rl, "fista": fista}
 
 
-def run_variant(name, model, loss, steps, budget, paths, folder, seed, device="cpu") -> dict:
+def run_variant(name, model, loss, steps, budget, paths, folder, seed, test, device="cpu") -> dict:
     train_path, val_path = paths
     config = TrainConfig.from_dict(
         {
@@ -144,12 +187,19 @@ def run_variant(name, model, loss, steps, budget, paths, folder, seed, device="c
     seconds = time.perf_counter() - start
     dev = torch.device(device)
     net = load_model(result.model_path, device=dev)
+    background = float(test.simulation["background"])
+    y = torch.from_numpy(test.lightfields)
     with torch.no_grad():
-        y = torch.from_numpy(np.load(folder / "val_y.npy"))
-        t = seconds_per_volume(lambda v: net(v, 5.0), y[:BATCH], dev)
+        x = torch.cat(
+            [net(y[i : i + BATCH].to(dev), background).cpu() for i in range(0, len(y), BATCH)]
+        )
+        t = seconds_per_volume(lambda v: net(v, background), y[:BATCH], dev)
+    scores = score(x, test, np.arange(len(y)), net.op, background).summary()
     return {
         "name": name,
-        **result.best,
+        **scores,
+        "validation": dict(result.best),
+        "step": result.best["step"],
         "steps": result.step,
         "train_seconds": seconds,
         "s_per_volume": t,
@@ -166,29 +216,33 @@ def main() -> None:
     parser.add_argument("--labelled", type=int, default=4)
     parser.add_argument("--unlabeled", type=int, default=64)
     parser.add_argument("--validation", type=int, default=8)
+    parser.add_argument("--test", type=int, default=8)
     parser.add_argument("--rl-max", type=int, default=1000)
     parser.add_argument("--only", default="baselines,main,ablation,variants")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="training and timing device")
     parser.add_argument("--match", default="", help="only the runs whose name contains this")
+    parser.add_argument("--ablate", default="", help="margin and/or patch-scale (see the doc)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    for fix in filter(None, args.ablate.split(",")):
+        ABLATIONS[fix]()
     parts = set(args.only.split(","))
     bank, _ = sample()
     op = LightFieldOperator(bank)
     folder = Path(tempfile.mkdtemp(prefix="bench_unfolded-"))
     bank.save(folder / "bank.h5")
-    train_path, val_path, val = make_data(
-        bank, folder, args.labelled, args.unlabeled, args.validation
+    train_path, val_path, val, test = make_data(
+        bank, folder, args.labelled, args.unlabeled, args.validation, args.test
     )
-    np.save(folder / "val_y.npy", val.lightfields)
     print(
         f"threads {torch.get_num_threads()}; {args.labelled} labelled, {args.unlabeled} unlabeled,"
-        f" {args.validation} validation volumes (21×21 lenslets, 11 depths, s 5); in {folder}"
+        f" {args.validation} validation, {args.test} test volumes (21×21 lenslets, 11 depths,"
+        f" s 5); ablated: {args.ablate or 'nothing'}; in {folder}"
     )
     out: dict = {"runs": []}
     if "baselines" in parts:
-        base = baselines(op, val, args.rl_max)
+        base = baselines(op, val, test, args.rl_max)
         out["baselines"] = base
         for key in ("rl", "fista"):
             b = base[key]
@@ -207,7 +261,8 @@ def main() -> None:
         runs += [(f"ablation: {n}", CNN, lo, *other) for n, lo in ABLATION.items()]
     runs = [r for r in runs if args.match in r[0]]
     for name, model, loss, steps, budget in runs:
-        r = run_variant(name, model, loss, steps, budget, (train_path, val_path), folder, args.seed)
+        paths = (train_path, val_path)
+        r = run_variant(name, model, loss, steps, budget, paths, folder, args.seed, test)
         out["runs"].append(r)
         if args.json:  # after every run: a long benchmark keeps what it measured
             Path(args.json).write_text(json.dumps(out, indent=1, default=float))

@@ -198,7 +198,8 @@ def _cmd_simulate(args: argparse.Namespace) -> None:
         print(
             f"{args.n} paired and {n_unlabeled} unlabeled light fields of"
             f" {args.lenslets}×{args.lenslets} lenslets ({data.simulation['n_neurons']}"
-            f" somata each) in {time.perf_counter() - start:.1f} s; wrote {out}"
+            f" somata each) in {time.perf_counter() - start:.1f} s; seed"
+            f" {data.simulation['seed']}; wrote {out}"
         )
 
 
@@ -491,7 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="smooth background relative to the brightest soma (e.g. 0.05)",
     )
     p.add_argument("--processes", type=int, default=0, help="thin processes per soma")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="makes the set reproducible (default: a fresh seed, printed and kept in the file,"
+        " so training and validation sets made with the defaults are disjoint)",
+    )
     p.add_argument("-o", "--output", required=True, help="output .h5 file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("-q", "--quiet", action="store_true")

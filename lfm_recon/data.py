@@ -122,7 +122,7 @@ def simulate_dataset(
     density: float = DEFAULT_DENSITY,
     neuropil: float = 0.0,
     processes: int = 0,
-    seed: int = 0,
+    seed: int | None = None,
     batch: int = 8,
     progress: bool = False,
 ) -> SimulatedData:
@@ -139,7 +139,9 @@ def simulate_dataset(
         neuropil, processes: passed to :func:`lfm_recon.phantoms.neurons`.
         seed: the set is reproducible from it; sample i draws from
             ``SeedSequence([seed, i])``, so sets with different seeds share
-            no sample.
+            no sample. None (default) draws a fresh seed from the operating
+            system, so two sets made with the defaults (a training and a
+            validation set) are disjoint; it is recorded in ``simulation``.
         batch: phantoms made and projected per step (bounds memory).
         progress: show a progress bar.
 
@@ -150,6 +152,12 @@ def simulate_dataset(
         if not isinstance(value, (int, np.integer)) or value < 0:
             raise LFMError(f"{name} must be a non-negative integer, got {value!r}")
     check_camera(photons, background, read_noise)
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy) % 2**63  # fits HDF5 and JSON readers
+    elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise LFMError(
+            f"seed must be a non-negative integer (or None for a fresh one), got {seed!r}"
+        )
     if n_paired + n_unlabeled == 0:
         raise LFMError("ask for at least one sample (n_paired or n_unlabeled)")
     ny, nx = lenslets

@@ -29,7 +29,11 @@ from .psf.bank import PSFBank
 from .unfolded import UnfoldedConfig, UnfoldedISTA
 
 FORMAT = "lfm_recon.model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 2 (lfm_recon 0.2): frames are normalised by their unbiased mean
+# signal and the start is a fixed multiple of it; version-1 networks were
+# trained with another normalisation and would silently give other volumes.
+OLDEST_READABLE = 2
 
 
 def save_model(net: UnfoldedISTA, path: str | Path, *, training: dict | None = None) -> Path:
@@ -86,6 +90,12 @@ def read_model_file(path: str | Path) -> dict:
         raise LFMError(
             f"{path} has model format {version!r}; this lfm_recon reads up to"
             f" {FORMAT_VERSION}: upgrade lfm_recon"
+        )
+    if version < OLDEST_READABLE:
+        raise LFMError(
+            f"{path} has model format {version}, written by an earlier lfm_recon whose network"
+            " normalised light fields differently; its weights would give wrong volumes here:"
+            " retrain it with `lfm-recon train`"
         )
     return payload
 

@@ -29,11 +29,18 @@ CNN on v_k (ISTA-Net style; depth planes as channels) whose last layer
 starts at zero, so the untrained network is still ISTA / RL. It extends
 DESIGN's pure μ/λ form and is off by default.
 
-Normalisation (part of the model): each light field is divided by
-c = mean(max(y − b, 0)) before the layers and the volume multiplied by c
-after, so light fields of any brightness map to the range the network was
-trained on and the network is scale-equivariant: net(α y, α b) = α net(y, b)
-(tested). The output is in the units of the solvers: photons per voxel.
+Normalisation (part of the model): each light field is divided by its
+signal scale c = mean(y − b) over the whole frame (an unbiased estimate of
+the mean signal per pixel whatever the noise: E[y − b] = H x), the volume is
+multiplied by c after the layers, and the start x₀ and the thresholds are
+fixed multiples of c. Nothing else in the layers depends on the frame's
+content, so a patch given its frame's c (``scale=``) reconstructs its
+interior as the whole frame does (tested), and the network is exactly
+scale-equivariant: net(α y, α b) = α net(y, b) for α > 0 (tested). That is a
+property of the map, not of the data: a brighter recording is not a scaled
+dim one (Poisson noise grows as √signal), so how well the network serves
+another photon level depends on the photon levels it was trained on. The
+output is in the units of the solvers: photons per voxel.
 """
 
 from __future__ import annotations
@@ -61,14 +68,16 @@ class UnfoldedConfig:
     Attributes:
         n_layers: number of unfolded iterations (each one H and one Hᵀ).
         data_term: ``"gaussian"`` (least squares, = ISTA) or ``"poisson"``
-            (variance-weighted residual).
+            (variance-weighted residual, EM-scaled: = Richardson–Lucy).
         per_depth_step: learn μ per layer *and* depth instead of per layer.
         prior: ``"none"`` (DESIGN's μ/λ network) or ``"cnn"`` (a learned
             proximal correction per layer, a 3-layer CNN).
         prior_channels: feature channels of the CNN prior.
-        start: x₀: ``"zero"``, ``"uniform"`` (RL's start: the measured flux
-            spread evenly), ``"adjoint"`` (a learned scaling of Hᵀy, starting
-            at 0) or ``"auto"`` (zero for gaussian, uniform for poisson).
+        start: x₀: ``"zero"``, ``"uniform"`` (RL's start: the frame's mean
+            signal spread evenly over the voxels), ``"adjoint"`` (a learned
+            scaling of Hᵀy, starting at 0) or ``"auto"`` (zero for gaussian,
+            uniform for poisson). The poisson step is multiplicative, so it
+            needs the uniform start (a zero start would stay zero).
         lam_fraction: initial threshold λ₀ as a fraction of the λ scale:
             λ_max = max Hᵀ(y − b) for gaussian (see
             :meth:`UnfoldedISTA.set_lambda_scale`), the uniform start's
@@ -104,9 +113,17 @@ class UnfoldedConfig:
             )
         if not (isinstance(self.em_floor, (int, float)) and 0 <= self.em_floor < 1):
             raise LFMError(f"em_floor must be in [0, 1), got {self.em_floor!r}")
+        if self.data_term == "poisson" and self.resolved_start != "uniform":
+            # The EM step multiplies the estimate: from x₀ = 0 (zero, or the
+            # adjoint start's initial scale 0) every output and gradient is 0.
+            raise LFMError(
+                f"model start = {self.start!r} with data_term = 'poisson' starts dead: the"
+                " Poisson (EM) step is multiplicative, so a zero start stays zero and nothing"
+                " can be learned; use start = 'uniform' (or 'auto')"
+            )
 
     @property
-    def initial(self) -> str:
+    def resolved_start(self) -> str:
         """The start x₀ actually used ("auto" resolved)."""
         if self.start != "auto":
             return self.start
@@ -127,6 +144,11 @@ class UnfoldedISTA(nn.Module):
     Call ``net(y, background)``: y in camera counts, background in counts per
     pixel (a number, (B,) or broadcastable to y). Returns the volume in
     photons per voxel, like the solvers.
+
+    Learned parameters, each mapped through softplus (positive, smooth at 0):
+    ``step_raw`` (n_layers, 1 or D) with μ_k = softplus(step_raw)·step_unit,
+    and ``threshold_raw`` (n_layers, D) with λ_k = softplus(threshold_raw)·
+    lam_scale; both start at softplus⁻¹(1), i.e. at the untrained values.
     """
 
     def __init__(
@@ -152,19 +174,23 @@ class UnfoldedISTA(nn.Module):
         # softplus (positive, smooth at 0); softplus(θ₀) = 1 initially.
         one = math.log(math.expm1(1.0))
         like = {"device": op.device, "dtype": op.dtype}
-        self.step_logits = nn.Parameter(
+        self.step_raw = nn.Parameter(
             torch.full((k, d if config.per_depth_step else 1), one, **like)
         )
-        self.lam_logits = nn.Parameter(torch.full((k, d), one, **like))
+        self.threshold_raw = nn.Parameter(torch.full((k, d), one, **like))
         poisson = config.data_term == "poisson"
         unit = 1.0 if poisson else 1.0 / op.norm() ** 2
         self.register_buffer("step_unit", torch.tensor(unit, **like))
+        # The uniform start's voxel value for a light field of mean signal 1
+        # (the normalised units): a constant of H, so the start does not
+        # depend on the patch or frame it is computed on.
+        self.register_buffer("uniform_level", torch.tensor(_uniform_level(op), **like))
         # λ scale in normalised units. Gaussian: λ_max of a uniform light field
         # of mean 1 (max Hᵀ1) until set_lambda_scale() sees data. Poisson: the
-        # uniform start's voxel value, N_pixels / ΣHᵀ1, for a mean-1 light field.
-        scale = _uniform_level(op) if poisson else _ht1_max(op)
+        # uniform start's voxel value.
+        scale = float(self.uniform_level) if poisson else _ht1_max(op)
         self.register_buffer("lam_scale", torch.tensor(config.lam_fraction * scale, **like))
-        if config.initial == "adjoint":
+        if config.resolved_start == "adjoint":
             self.start_scale = nn.Parameter(torch.zeros((), **like))
         self.priors = (
             nn.ModuleList(_ProxCNN(d, config.prior_channels) for _ in range(k))
@@ -179,11 +205,11 @@ class UnfoldedISTA(nn.Module):
     def steps(self) -> torch.Tensor:
         """μ_k, (n_layers, 1) or (n_layers, D): normalised units for gaussian,
         a dimensionless relaxation of the EM step for poisson."""
-        return F.softplus(self.step_logits) * self.step_unit
+        return F.softplus(self.step_raw) * self.step_unit
 
     def thresholds(self) -> torch.Tensor:
         """λ_k per layer and depth, (n_layers, D), normalised units."""
-        return F.softplus(self.lam_logits) * self.lam_scale
+        return F.softplus(self.threshold_raw) * self.lam_scale
 
     @torch.no_grad()
     def set_lambda_scale(self, y, background=0.0) -> float:
@@ -195,55 +221,71 @@ class UnfoldedISTA(nn.Module):
         if self.config.data_term == "poisson":
             return float(self.lam_scale)
         y, b = self._inputs(y, background)
-        c = self.normalisation(y, b)
+        c = self.signal_scale(y, b)
         lam_max = self.op.backproject((y - b) / c).flatten(1).amax(dim=1)
         self.lam_scale.fill_(self.config.lam_fraction * float(lam_max.median()))
         return float(self.lam_scale)
 
     # --- forward ---------------------------------------------------------------
     @staticmethod
-    def normalisation(y: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """c, (B, 1, 1, 1): the mean signal per pixel, max(y − b, 0) averaged."""
-        c = (y - b).clamp_min(0).mean(dim=(1, 2, 3), keepdim=True)
-        return c.clamp_min(torch.finfo(y.dtype).tiny)
+    def signal_scale(y: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """c, (B, 1, 1, 1): the mean signal per pixel of each whole frame,
+        mean(y − b): unbiased under any zero-mean noise, unlike a mean of
+        max(y − b, 0). Frames at or below the background (no signal, or the
+        background overestimated) fall back to 1 % of mean |y − b|, which keeps
+        y / c finite and the map scale-equivariant."""
+        r = y - b
+        mean = r.mean(dim=(1, 2, 3), keepdim=True)
+        spread = r.abs().mean(dim=(1, 2, 3), keepdim=True)
+        return torch.maximum(mean, 0.01 * spread).clamp_min(torch.finfo(y.dtype).tiny)
 
     def _inputs(self, y, background) -> tuple[torch.Tensor, torch.Tensor]:
         y = as_lightfield(self.op, y)
         return y, as_background(self.op, background, y)
 
-    def forward(self, y, background=0.0, *, normalised: bool = False) -> torch.Tensor:
-        """(B, 1, Y, X) counts → (B, D, Yv, Xv) photons per voxel.
+    def normalise(self, y, background=0.0, scale=None):
+        """Checked inputs in normalised units: (y / c, b / c, c), c (B, 1, 1, 1).
 
-        ``normalised=True`` returns the volume in normalised units (divided
-        by :meth:`normalisation`), the space the training losses work in.
+        ``scale``: c per frame (a number or (B,)); None computes it from y
+        (:meth:`signal_scale`). Training passes the c of the whole frame a
+        patch was cut from, so a patch is normalised as its frame is.
         """
         y, b = self._inputs(y, background)
-        c = self.normalisation(y, b)
-        x = self.layers(y / c, b / c)
-        return x if normalised else x * c
+        if scale is None:
+            c = self.signal_scale(y, b)
+        else:
+            c = torch.as_tensor(scale, dtype=y.dtype, device=y.device).reshape(-1, 1, 1, 1)
+            if not (torch.isfinite(c).all() and (c > 0).all()):
+                raise LFMError("scale (the frames' mean signal per pixel) must be finite and > 0")
+        return y / c, b / c, c
+
+    def forward(self, y, background=0.0, *, scale=None) -> torch.Tensor:
+        """(B, 1, Y, X) counts → (B, D, Yv, Xv) photons per voxel.
+
+        ``scale``: see :meth:`normalise` (default: each frame's own).
+        """
+        yn, bn, c = self.normalise(y, background, scale)
+        return self.layers(yn, bn) * c
 
     def layers(self, y: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """The unfolded iterations on normalised, already checked inputs."""
+        """The unfolded iterations on normalised, checked inputs (y / c, b / c)
+        → the volume in normalised units (multiply by c for photons)."""
         op, cfg = self.op, self.config
         steps, lams = self.steps(), self.thresholds()
         poisson = cfg.data_term == "poisson"
         tiny = torch.finfo(y.dtype).tiny
-        sens = None
-        if poisson or cfg.initial == "uniform":
-            sens = self._sensitivity(y)
-        x = self._start(y, b, sens)
+        x = self._start(y, b)
         if poisson:
+            sens = self._sensitivity(y)
             y_counts = y.clamp_min(0)  # the Poisson model needs y ≥ 0 (as RL)
-            level = ((y - b).clamp_min(0).flatten(1).sum(1) / sens.sum()).reshape(-1, 1, 1, 1)
-            floor = cfg.em_floor * level
+            floor = cfg.em_floor * self.uniform_level
             inv_sens = torch.where(sens > 0, 1 / sens.clamp_min(tiny), 0)
         for k in range(cfg.n_layers):
             mu = steps[k].reshape(1, -1, 1, 1)
             predicted = b if x is None else op.project(x) + b
             if poisson:
                 ratio = torch.where(predicted > 0, y_counts / predicted.clamp_min(tiny), 0)
-                x0 = 0 if x is None else x
-                v = x0 - mu * (x0 + floor) * inv_sens * (sens - op.backproject(ratio))
+                v = x - mu * (x + floor) * inv_sens * (sens - op.backproject(ratio))
             else:
                 v = -mu * op.backproject(predicted - y)
                 if x is not None:
@@ -263,22 +305,21 @@ class UnfoldedISTA(nn.Module):
                 cache[key] = self.op.backproject(torch.ones_like(y[:1]))
         return cache[key]
 
-    def _start(self, y, b, sens) -> torch.Tensor | None:
-        """x₀ (None for zero: H x₀ = 0 needs no projection)."""
-        start = self.config.initial
+    def _start(self, y, b) -> torch.Tensor | None:
+        """x₀ in normalised units (None for zero: H x₀ = 0 needs no projection)."""
+        start = self.config.resolved_start
         if start == "adjoint":
             return self.start_scale * self.op.backproject(y - b)
-        if start == "uniform":  # RL's start: the measured flux, spread evenly
-            level = (y - b).clamp_min(0).flatten(1).sum(1) / sens.sum()
-            shape = (len(y), *sens.shape[1:])
-            return level.reshape(-1, 1, 1, 1).expand(shape).clone()
+        if start == "uniform":  # RL's start: the mean signal spread evenly
+            shape = (len(y), *self.op.volume_shape(_lenslets(self.op, y)))
+            return self.uniform_level.expand(shape).clone()
         return None
 
     def extra_repr(self) -> str:
         c = self.config
         return (
             f"n_layers={c.n_layers}, data_term={c.data_term}, per_depth_step={c.per_depth_step},"
-            f" prior={c.prior}, start={c.initial}"
+            f" prior={c.prior}, start={c.resolved_start}"
         )
 
 
@@ -319,10 +360,14 @@ def _ht1_max(op: LightFieldOperator) -> float:
 
 
 def _uniform_level(op: LightFieldOperator) -> float:
-    """The uniform start's voxel value for a light field of mean 1:
-    N_pixels / ΣHᵀ1 ≈ nnum² / (s² D) (flux conservation)."""
-    ht1, pixels = _interior_ht1(op)
-    return float(pixels / ht1.sum())
+    """The voxel value u of a uniform volume whose light field has mean 1 away
+    from the borders: every kernel sums to 1, so a lenslet's nnum² pixels
+    receive the light of its s²·D voxels, u·s²·D = nnum²."""
+    return op.nnum**2 / (op.voxels_per_lenslet**2 * op.n_depths)
+
+
+def _lenslets(op: LightFieldOperator, y: torch.Tensor) -> tuple[int, int]:
+    return y.shape[-2] // op.nnum, y.shape[-1] // op.nnum
 
 
 def _positive_int(value, name: str) -> None:

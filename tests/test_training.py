@@ -19,7 +19,7 @@ from lfm_recon.data import simulate_dataset
 from lfm_recon.evaluate import evaluate
 from lfm_recon.modelfile import load_model, read_model_file
 from lfm_recon.training import TrainConfig, TrainingDiverged, train
-from lfm_recon.training.data import augment, bank_symmetries
+from lfm_recon.training.augment import augment, bank_symmetries
 
 CONFIG = """
 psf = "bank.h5"
@@ -34,7 +34,7 @@ n_layers = 3
 [data]
 train = "data.h5"
 n_validation = 2
-patch_lenslets = 5
+patch_lenslets = 0
 batch_size = 2
 unlabeled_batch_size = 2
 
@@ -64,6 +64,17 @@ def config(root: Path, text: str = CONFIG, **top) -> TrainConfig:
     path = root / "config.toml"
     path.write_text(text)
     return TrainConfig.from_file(path, **top)
+
+
+def assert_same_state(a: dict, b: dict, **tolerance) -> None:
+    """Equal network states: tensors within tolerance, the rest (the
+    operator's bank hash) exactly."""
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(value, b[key], **tolerance)
+        else:
+            assert value == b[key], key
 
 
 def params(net) -> dict:
@@ -103,6 +114,11 @@ def test_config_file_round_trip(workspace):
             ('train = "data.h5"', ""), r"missing required key\(s\) \['train'\]", id="no-train"
         ),
         pytest.param(("[optim]", "[optim]\n[optim.extra]"), "unknown key", id="nested-table"),
+        pytest.param(
+            ("n_layers = 3", 'n_layers = 3\ndata_term = "poisson"\nstart = "zero"'),
+            r"\[model\]: model start = 'zero' with data_term = 'poisson' starts dead",
+            id="dead-poisson-start",
+        ),
     ],
 )
 def test_bad_configs_are_named(workspace, edit, message):
@@ -166,30 +182,31 @@ def test_training_improves_on_ista_and_writes_a_model(workspace, small_bank):
 def test_resume_reproduces_an_uninterrupted_run(workspace, monkeypatch):
     """8 steps in one go = interrupted after the step-4 checkpoint, then
     --resume to 8 (cosine schedule and adversarial stage included)."""
-    from lfm_recon.training import trainer
+    from lfm_recon.training.run_folder import RunFolder
 
     whole = train(config(workspace, output=str(workspace / "run-whole")), progress=False)
-    save = trainer._Run._save_checkpoint
+    save = RunFolder.save_checkpoint
 
-    def save_then_stop_at_4(run):
-        save(run)
-        if run.step == 4:
+    def save_then_stop_at_4(folder, state):
+        save(folder, state)
+        if state["step"] == 4:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer._Run, "_save_checkpoint", save_then_stop_at_4)
+    monkeypatch.setattr(RunFolder, "save_checkpoint", save_then_stop_at_4)
     with pytest.raises(KeyboardInterrupt):
         train(config(workspace, output="run-half"), progress=False)
-    monkeypatch.setattr(trainer._Run, "_save_checkpoint", save)
+    monkeypatch.setattr(RunFolder, "save_checkpoint", save)
     assert torch.load(workspace / "run-half" / "checkpoint.pt", weights_only=True)["step"] == 4
     resumed = train(config(workspace, output="run-half"), resume=True, progress=False)
     assert resumed.step == 8
     a = torch.load(workspace / "run-whole" / "checkpoint.pt", weights_only=True)
     b = torch.load(workspace / "run-half" / "checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == 8
-    for key in a["net"]:
-        torch.testing.assert_close(a["net"][key], b["net"][key], rtol=0, atol=0)
-    for key in a["disc"]:
-        torch.testing.assert_close(a["disc"][key], b["disc"][key], rtol=0, atol=0)
+    assert_same_state(a["net"], b["net"], rtol=0, atol=0)
+    for key in a["adversary"]["disc"]:
+        torch.testing.assert_close(
+            a["adversary"]["disc"][key], b["adversary"]["disc"][key], rtol=0, atol=0
+        )
     assert whole.best["psnr"] == pytest.approx(resumed.best["psnr"])
 
 
@@ -205,6 +222,108 @@ def test_existing_run_needs_resume_or_overwrite(workspace):
         train(changed, resume=True, progress=False)
 
 
+def test_refused_resume_leaves_the_run_as_it_was(workspace):
+    """The config is compared with the checkpoint before anything is
+    written: a refused --resume does not rewrite config.toml."""
+    cfg = config(workspace, CONFIG.replace("steps = 8", "steps = 2"), output="run-refused")
+    train(cfg, progress=False)
+    folder = workspace / "run-refused"
+    before = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
+    changed = config(workspace, CONFIG.replace("n_layers = 3", "n_layers = 4"), output=str(folder))
+    with pytest.raises(LFMError, match=r"differs from the checkpoint's in model\.n_layers"):
+        train(changed, resume=True, progress=False)
+    after = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
+    assert after == before
+
+
+def test_a_run_moved_with_its_data_resumes(workspace, tmp_path):
+    """Paths are kept relative to the run folder: move the run and its data
+    together, resume from the run's own config.toml."""
+    import shutil
+
+    moved = tmp_path / "project"
+    (moved / "data").mkdir(parents=True)
+    for name in ("bank.h5", "data.h5"):
+        shutil.copy(workspace / name, moved / "data" / name)
+    text = CONFIG.replace('"bank.h5"', '"data/bank.h5"').replace('"data.h5"', '"data/data.h5"')
+    (moved / "config.toml").write_text(text.replace('output = "run"', 'output = "runs/a"'))
+    train(TrainConfig.from_file(moved / "config.toml"), progress=False)
+    recorded = (moved / "runs" / "a" / "config.toml").read_text()
+    assert 'psf = "../../data/bank.h5"' in recorded and str(tmp_path) not in recorded
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(moved, elsewhere)
+    run_config = elsewhere / "runs" / "a" / "config.toml"
+    longer = recorded.replace("steps = 8", "steps = 8")  # same run, from its own record
+    run_config.write_text(longer)
+    result = train(TrainConfig.from_file(run_config), resume=True, progress=False)
+    assert result.step == 8
+
+
+def test_resume_keeps_the_original_schedule(workspace, monkeypatch):
+    """Stopping a resumed run earlier (optim.steps 8 → 6) keeps the cosine
+    laid over 8 steps; going beyond 8 is refused."""
+    import math
+
+    from lfm_recon.training.run_folder import RunFolder
+
+    save = RunFolder.save_checkpoint
+
+    def stop_at_4(folder, state):
+        save(folder, state)
+        if state["step"] == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunFolder, "save_checkpoint", stop_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(workspace, output="run-schedule"), progress=False)
+    monkeypatch.setattr(RunFolder, "save_checkpoint", save)
+    longer = config(workspace, CONFIG.replace("steps = 8", "steps = 9"), output="run-schedule")
+    with pytest.raises(LFMError, match=r"optim\.steps = 9 goes beyond the 8 steps"):
+        train(longer, resume=True, progress=False)
+    shorter = config(workspace, CONFIG.replace("steps = 8", "steps = 6"), output="run-schedule")
+    assert train(shorter, resume=True, progress=False).step == 6
+    state = torch.load(workspace / "run-schedule" / "checkpoint.pt", weights_only=True)
+    lr = state["opt"]["param_groups"][0]["lr"]  # set for the last step, index 5
+    assert lr == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * 5 / 8)))
+
+
+def test_metrics_log_has_no_repeated_epochs_after_a_crash(workspace, monkeypatch):
+    """Epochs logged after the last checkpoint are recomputed on resume; the
+    log lists each once."""
+    import json
+
+    from lfm_recon.training.run_folder import RunFolder
+
+    text = CONFIG.replace("steps_per_epoch = 4", "steps_per_epoch = 2").replace(
+        "checkpoint_every = 2", "checkpoint_every = 4"
+    )
+    append = RunFolder.append_metrics
+
+    def crash_after_step_6(folder, record):
+        append(folder, record)
+        if record["step"] == 6:
+            raise KeyboardInterrupt  # epoch 6 logged, last checkpoint at 4
+
+    monkeypatch.setattr(RunFolder, "append_metrics", crash_after_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(workspace, text, output="run-log"), progress=False)
+    monkeypatch.setattr(RunFolder, "append_metrics", append)
+    train(config(workspace, text, output="run-log"), resume=True, progress=False)
+    lines = (workspace / "run-log" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [2, 4, 6, 8]
+
+
+def test_a_checkpoint_that_does_not_fit_the_network_is_refused(workspace):
+    cfg = config(workspace, CONFIG.replace("steps = 8", "steps = 2"), output="run-strict")
+    train(cfg, progress=False)
+    path = workspace / "run-strict" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    state["net"]["stray"] = torch.zeros(1)
+    torch.save(state, path)
+    with pytest.raises(LFMError, match=r"does not fit this network.*stray"):
+        train(cfg, resume=True, progress=False)
+
+
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(workspace):
     # An absurd learning rate makes the steps overflow within a few updates.
     text = CONFIG.replace("lr = 0.05", "lr = 1e30").replace(
@@ -214,7 +333,8 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(workspace):
     with pytest.raises(TrainingDiverged, match=r"diverged at step (\d+).*last good checkpoint"):
         train(cfg, progress=False)
     state = torch.load(workspace / "run-nan" / "checkpoint.pt", weights_only=True)
-    assert all(torch.isfinite(v).all() for v in state["net"].values())
+    tensors = [v for v in state["net"].values() if isinstance(v, torch.Tensor)]
+    assert tensors and all(torch.isfinite(v).all() for v in tensors)
     assert 1 <= state["step"] < 8
 
 
@@ -230,12 +350,16 @@ def test_data_set_of_another_psf_is_refused(workspace, reference):
 
 # --- torchrun ---------------------------------------------------------------------------------
 SCRIPT = """
-import sys
+import json, os, sys
 import torch
 from lfm_recon.training import TrainConfig, train
 torch.set_num_threads(1)
 cfg = TrainConfig.from_file(sys.argv[1], output=sys.argv[2])
-train(cfg, overwrite=True, progress=False)
+result = train(cfg, overwrite=True, progress=False)
+rank = os.environ.get("RANK", "0")
+record = {"best": result.best, "history": result.history, "step": result.step}
+with open(f"{sys.argv[2]}-result-{rank}.json", "w") as fh:
+    json.dump(record, fh)
 """
 
 
@@ -272,10 +396,17 @@ def test_torchrun_two_processes_match_one(workspace):
     a = torch.load(workspace / "run-ddp" / "checkpoint.pt", weights_only=True)
     b = torch.load(workspace / "run-single" / "checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == 6
-    for key in a["net"]:
-        torch.testing.assert_close(a["net"][key], b["net"][key], rtol=1e-4, atol=1e-6)
-    for key in a["disc"]:
-        torch.testing.assert_close(a["disc"][key], b["disc"][key], rtol=1e-3, atol=1e-5)
+    # Every process returns the run's record (only rank 0 validates).
+    import json
+
+    ranks = [json.loads((workspace / f"run-ddp-result-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["best"] and ranks[0]["history"]
+    assert ranks[0] == ranks[1]
+    assert_same_state(a["net"], b["net"], rtol=1e-4, atol=1e-6)
+    for key in a["adversary"]["disc"]:
+        torch.testing.assert_close(
+            a["adversary"]["disc"][key], b["adversary"]["disc"][key], rtol=1e-3, atol=1e-5
+        )
 
 
 # --- CLI -----------------------------------------------------------------------------------------

@@ -54,16 +54,17 @@ def test_untrained_network_is_ista(op, lightfields, options):
     b = 5.0
     with torch.no_grad():
         x = net(lightfields, b)
-    # ISTA in counts: the network's λ is in normalised units, λ·c in counts.
-    c = UnfoldedISTA.normalisation(lightfields, torch.tensor(b))
+    # ISTA in counts: the network's λ is in normalised units, λ·c in counts,
+    # with c the frame's mean signal per pixel.
+    c = (lightfields - b).mean(dim=(1, 2, 3), keepdim=True)
     mu = 1.0 / op.norm() ** 2
     lam = net.thresholds()[0].detach().reshape(1, -1, 1, 1) * c
     assert torch.allclose(net.steps().detach(), torch.tensor(mu, dtype=torch.float32))
     expected = torch.zeros_like(x)
-    if options.get("start") == "uniform":  # RL's start: the flux spread evenly
-        flux = (lightfields - b).clamp_min(0).sum(dim=(1, 2, 3))
-        total = op.adjoint(torch.ones_like(lightfields[:1])).sum()
-        expected += (flux / total).reshape(-1, 1, 1, 1)
+    if options.get("start") == "uniform":
+        # The mean signal spread evenly: a uniform volume u whose light field
+        # has mean c, u·s²·D = c·nnum² (kernels sum to 1).
+        expected += c * op.nnum**2 / (op.voxels_per_lenslet**2 * op.n_depths)
     with torch.no_grad():
         for _ in range(6):
             expected = ista_step(op, expected, lightfields, mu, lam, b)
@@ -83,15 +84,17 @@ def test_scale_equivariance(op, lightfields, data_term):
 
 
 def test_untrained_poisson_network_is_richardson_lucy(op, lightfields):
-    """μ = 1, λ = 0, ε = 0 and RL's uniform start: the EM-scaled Poisson step
-    is Richardson–Lucy, compared with the solver's own implementation."""
+    """μ = 1, λ = 0, ε = 0 and the same uniform start: the EM-scaled Poisson
+    step is Richardson–Lucy, compared with the solver's own implementation."""
     from lfm_recon.solvers import richardson_lucy
 
     net = UnfoldedISTA(op, 5, data_term="poisson", em_floor=0.0)
     with torch.no_grad():
-        net.lam_logits.fill_(-60.0)  # λ = softplus(−60)·λ₀ ≈ 1e-26·λ₀
+        net.threshold_raw.fill_(-60.0)  # λ = softplus(−60)·λ₀ ≈ 1e-26·λ₀
         x = net(lightfields, 5.0)
-    expected = richardson_lucy(op, lightfields, 5, background=5.0)
+    c = (lightfields - 5.0).mean(dim=(1, 2, 3), keepdim=True)
+    x0 = (c * op.nnum**2 / (op.voxels_per_lenslet**2 * op.n_depths)).expand_as(x)
+    expected = richardson_lucy(op, lightfields, 5, background=5.0, x0=x0)
     torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-6 * float(expected.max()))
     assert torch.allclose(net.steps().detach(), torch.ones(5, 1))
 
@@ -106,15 +109,15 @@ def test_gradients_reach_steps_and_thresholds_only():
         net = UnfoldedISTA(op64, 3, data_term=data_term, per_depth_step=True)
         _randomise(net, seed=2)
 
-        def run(step_logits, lam_logits, net=net):
-            params = {"step_logits": step_logits, "lam_logits": lam_logits}
+        def run(step_raw, threshold_raw, net=net):
+            params = {"step_raw": step_raw, "threshold_raw": threshold_raw}
             return torch.func.functional_call(net, params, (y, 0.1))
 
-        params = (net.step_logits.detach().clone(), net.lam_logits.detach().clone())
+        params = (net.step_raw.detach().clone(), net.threshold_raw.detach().clone())
         params = tuple(p.requires_grad_(True) for p in params)
         assert torch.autograd.gradcheck(run, params, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
     assert not any(b.requires_grad for b in op64.buffers())
-    assert {n for n, _ in net.named_parameters()} == {"step_logits", "lam_logits"}
+    assert {n for n, _ in net.named_parameters()} == {"step_raw", "threshold_raw"}
 
 
 def test_bad_inputs(op, lightfields):
@@ -141,7 +144,7 @@ def test_set_lambda_scale_matches_the_solvers_scale(op, lightfields):
 
     net = UnfoldedISTA(op, 2, lam_fraction=0.02)
     got = net.set_lambda_scale(lightfields, 5.0)
-    c = UnfoldedISTA.normalisation(lightfields, torch.tensor(5.0)).flatten()
+    c = (lightfields - 5.0).mean(dim=(1, 2, 3))
     expected = 0.02 * float((lambda_max(op, lightfields, 5.0) / c).median())
     assert got == pytest.approx(expected, rel=1e-5)
 
@@ -190,8 +193,8 @@ def test_step_and_threshold_parametrisation(op):
     """μ_k = softplus(θ)/‖H‖² > 0 and λ_k = softplus(φ)·λ₀ ≥ 0 for any θ, φ."""
     net = UnfoldedISTA(op, 2, per_depth_step=True)
     with torch.no_grad():
-        net.step_logits.fill_(-50.0)
-        net.lam_logits.fill_(50.0)
+        net.step_raw.fill_(-50.0)
+        net.threshold_raw.fill_(50.0)
     assert (net.steps() > 0).all()
     lam0 = float(net.lam_scale)
     assert float(net.thresholds().detach().max()) == pytest.approx(50 * lam0, rel=1e-6)
@@ -220,3 +223,83 @@ def test_cuda_network_matches_cpu(small_bank, lightfields, compute, tolerance):
         got = gpu(lightfields.cuda(), 5.0).cpu()
     error = float((got - expected).norm() / expected.norm())
     assert error < tolerance, error
+
+
+# --- normalisation and start (issue 11) ------------------------------------------------
+@pytest.mark.parametrize(
+    "start", [pytest.param("zero", id="zero"), pytest.param("adjoint", id="adjoint")]
+)
+def test_a_poisson_network_that_would_start_dead_is_refused(start):
+    """The EM step multiplies the estimate: from x₀ = 0 it stays 0 (output and
+    gradients), so the configuration is refused, naming the option."""
+    message = rf"start = '{start}' with data_term = 'poisson' starts dead"
+    with pytest.raises(LFMError, match=message):
+        UnfoldedConfig(data_term="poisson", start=start)
+
+
+def test_untrained_poisson_network_learns_with_zero_background(op, lightfields):
+    """Background 0 (the API's default) and the uniform start: the output and
+    the gradients of steps and thresholds are non-zero."""
+    net = UnfoldedISTA(op, 3, data_term="poisson")
+    x = net(lightfields, 0.0)
+    x.sum().backward()
+    assert float(x.detach().max()) > 0
+    assert float(net.step_raw.grad.abs().max()) > 0
+    assert float(net.threshold_raw.grad.abs().max()) > 0
+
+
+def test_signal_scale_is_unbiased_under_noise(op):
+    """c = mean(y − b) estimates the mean signal whatever the noise; the old
+    mean(max(y − b, 0)) is biased upwards (by ~25 % at 2 photons per pixel)."""
+    g = torch.Generator().manual_seed(5)
+    signal = torch.full((64, 1, 45, 45), 2.0)
+    b = 10.0
+    y = torch.poisson(signal + b, generator=g)
+    c = UnfoldedISTA.signal_scale(y, torch.tensor(b)).flatten()
+    std_error = math.sqrt(12.0 / (45 * 45))  # Poisson variance 12 per pixel
+    assert float((c - 2.0).abs().max()) < 4 * std_error
+    clamped = (y - b).clamp_min(0).mean(dim=(1, 2, 3))
+    assert float(clamped.mean()) > 2.3  # the bias the unbiased scale removes
+
+
+def test_patch_given_its_frame_scale_reconstructs_like_the_whole_frame(small_bank):
+    """A structure in a large, otherwise dark frame; a patch of the frame that
+    holds all its light, given the frame's scale c, reconstructs the
+    structure as the whole frame does (trained-like random weights, CNN
+    prior). With each input's own scale (the old per-patch normalisation)
+    the patch result differs."""
+    op = LightFieldOperator(small_bank)
+    net = UnfoldedISTA(op, 4, data_term="poisson", prior="cnn", per_depth_step=True)
+    _randomise(net, seed=9)
+    s, n = small_bank.voxels_per_lenslet, small_bank.nnum
+    x = torch.zeros(1, *op.volume_shape((21, 21)))
+    x[:, 1, 10 * s : 10 * s + 3, 10 * s : 10 * s + 4] = 50.0  # in focus, at the centre
+    x[:, 0, 9 * s, 11 * s] = 30.0
+    y = op(x) + 0.0  # noise-free, background 0
+    c = net.signal_scale(y, torch.tensor(0.0))
+    with torch.no_grad():
+        whole = net(y, 0.0)
+        # Lenslets 4…16 hold all the light (kernel radius 2 around lenslets 9–11).
+        patch_y = y[:, :, 4 * n : 17 * n, 4 * n : 17 * n]
+        patch = net(patch_y, 0.0, scale=c)
+        own = net(patch_y, 0.0)
+    centre = (slice(None), slice(None), slice(4 * s, 9 * s), slice(4 * s, 9 * s))
+    inner = whole[:, :, 8 * s : 13 * s, 8 * s : 13 * s]
+    error = float((patch[centre] - inner).norm() / inner.norm())
+    assert error < 1e-3, error
+    assert float((own[centre] - inner).norm() / inner.norm()) > 1e-3
+
+
+def test_scale_argument_is_checked(op, lightfields):
+    net = UnfoldedISTA(op, 2)
+    with pytest.raises(LFMError, match="scale"):
+        net(lightfields, 5.0, scale=torch.tensor([1.0, 0.0, 1.0]))
+
+
+def test_model_files_of_the_old_normalisation_are_refused(tmp_path, op):
+    path = save_model(UnfoldedISTA(op, 2), tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = 1
+    torch.save(payload, path)
+    with pytest.raises(LFMError, match=r"normalised light fields differently.*retrain"):
+        load_model(path)

@@ -16,7 +16,8 @@ from the config file's folder. Example (all sections optional but [data]):
 
     [data]
     train = "data.h5"            # lfm-recon simulate: paired + unlabeled
-    n_labelled = 4
+    validation = "val.h5"        # simulated with another --seed
+    n_labelled = 4               # absent: all paired samples of train
 
     [loss]
     resynthesis = 0.1
@@ -30,16 +31,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LFMError
 from ..unfolded import UnfoldedConfig
+from .schedule import SCHEDULES
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 GANS = ("lsgan", "wgan-gp")
-SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True)
@@ -49,17 +51,25 @@ class DataConfig:
     Attributes:
         train: HDF5 data set (``lfm-recon simulate``) with paired samples
             (volumes + light fields) and unlabeled light fields.
-        validation: HDF5 data set scored each epoch; empty: hold out the last
-            ``n_validation`` paired samples of ``train``.
+        validation: HDF5 data set scored each epoch to pick the best model;
+            empty: hold out the last ``n_validation`` paired samples of
+            ``train``. It must not share frames, volumes or a simulation seed
+            with the training inputs (checked).
         n_validation: paired samples held out when ``validation`` is empty.
         n_labelled: paired samples of ``train`` used with their volumes (the
-            first ones; 0 = all that are not held out).
+            first ones); absent: all that are not held out; 0: none (learn
+            from unlabeled light fields only).
         unlabeled: further unlabeled light fields: HDF5 data sets (their
-            ``unlabeled`` set) or TIFF stacks (T, Y, X) of rectified frames.
+            ``unlabeled`` set, with their background) or files of rectified
+            frames (TIFF stacks (T, Y, X), ``file.h5:dataset``).
         use_train_unlabeled: also use ``train``'s unlabeled light fields.
-        tiff_background: background of the TIFF light fields, counts per pixel.
+        frames_background: background of the light fields read from frame
+            files (not from data sets), counts per pixel.
         patch_lenslets: side of the random lenslet-aligned patches, lenslets
-            (0 = whole frames).
+            (0 = whole frames). Losses are scored only where a patch's light
+            field and volume explain each other (see
+            ``lfm_recon.training.sampler``), so a patch cut from a larger
+            frame needs more than twice the PSF's largest kernel radius.
         batch_size: labelled patches per step (all processes together).
         unlabeled_batch_size: unlabeled patches per step (all processes).
         augment: random flips and transposes, where the PSF bank has those
@@ -69,10 +79,10 @@ class DataConfig:
     train: str
     validation: str = ""
     n_validation: int = 4
-    n_labelled: int = 0
+    n_labelled: int | None = None
     unlabeled: tuple[str, ...] = ()
     use_train_unlabeled: bool = True
-    tiff_background: float = 0.0
+    frames_background: float = 0.0
     patch_lenslets: int = 11
     batch_size: int = 4
     unlabeled_batch_size: int = 4
@@ -110,7 +120,10 @@ class OptimConfig:
     """Optimisation (Adam) and schedule.
 
     Attributes:
-        steps: training steps in all (a resumed run continues to it).
+        steps: training steps in all (a resumed run continues to it). The
+            learning-rate schedule is laid over the steps the run started
+            with: a resumed run may stop earlier, but may not go beyond
+            them with the cosine schedule (it has decayed to 0 there).
         warmup_steps: steps with the supervised and re-synthesis losses only;
             the adversarial stage starts after them.
         lr: learning rate of the step and threshold parameters.
@@ -120,7 +133,8 @@ class OptimConfig:
         schedule: ``"cosine"`` (learning rates decay to 0 over ``steps``,
             half a cosine) or ``"constant"``.
         time_budget: seconds of training after which the run stops (counted
-            across resumes; 0 = no limit).
+            across resumes; 0 = no limit). It stops the run, it does not
+            stretch the schedule: give ``steps`` to match the budget.
     """
 
     steps: int = 1000
@@ -216,23 +230,41 @@ class TrainConfig:
         return dataclasses.replace(self, psf=fix(self.psf), output=fix(self.output), data=data)
 
     def to_dict(self) -> dict:
-        """Nested plain dict (TOML/JSON-ready)."""
+        """Nested plain dict (TOML/JSON-ready; absent optional values are None)."""
         d = dataclasses.asdict(self)
         d["data"]["unlabeled"] = list(self.data.unlabeled)
         return d
 
-    def to_toml(self) -> str:
-        """TOML text that :meth:`from_file` reads back to the same config."""
-        lines = []
+    def portable(self, folder: str | Path) -> dict:
+        """:meth:`to_dict` with every file path relative to ``folder`` (the
+        run folder): what a run records, so that moving a run together with
+        its data does not change it."""
+
+        def rel(p: str) -> str:
+            return p if not p else os.path.relpath(p, folder)
+
         d = self.to_dict()
-        for key, value in d.items():
-            if not isinstance(value, dict):
-                lines.append(f"{key} = {_toml_value(value)}")
+        d["psf"], d["output"] = rel(d["psf"]), rel(d["output"])
+        data = d["data"]
+        data["train"], data["validation"] = rel(data["train"]), rel(data["validation"])
+        data["unlabeled"] = [rel(p) for p in data["unlabeled"]]
+        return d
+
+    def to_toml(self, folder: str | Path | None = None) -> str:
+        """TOML text that :meth:`from_file` reads back to the same config;
+        with ``folder``, paths relative to it (for a file kept there)."""
+        lines = []
+        d = self.to_dict() if folder is None else self.portable(folder)
+        lines.extend(_toml_lines({k: v for k, v in d.items() if not isinstance(v, dict)}))
         for key, value in d.items():
             if isinstance(value, dict):
                 lines.append(f"\n[{key}]")
-                lines.extend(f"{k} = {_toml_value(v)}" for k, v in value.items())
+                lines.extend(_toml_lines(value))
         return "\n".join(lines) + "\n"
+
+
+def _toml_lines(d: dict) -> list[str]:
+    return [f"{k} = {_toml_value(v)}" for k, v in d.items() if v is not None]
 
 
 def _toml_value(v) -> str:
@@ -258,6 +290,11 @@ def _build(kind, raw: dict, source: str, nested: tuple = ()):
             continue
         default = fields[name].default
         expected = type(default) if default is not dataclasses.MISSING else str
+        if default is None:  # optional counts (absent or None = no limit)
+            expected = int
+            if value is None:
+                values[name] = value
+                continue
         if expected is tuple:
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 raise LFMError(f"{source}: {name} must be a list of file names, got {value!r}")
@@ -309,7 +346,7 @@ def _check(c: TrainConfig) -> None:
             raise LFMError(f"{name} must be ≥ 1, got {value}")
     for name, value in (
         ("data.n_validation", d.n_validation),
-        ("data.n_labelled", d.n_labelled),
+        ("data.n_labelled", 0 if d.n_labelled is None else d.n_labelled),
         ("data.patch_lenslets", d.patch_lenslets),
         ("data.unlabeled_batch_size", d.unlabeled_batch_size),
         ("optim.warmup_steps", o.warmup_steps),
@@ -324,7 +361,7 @@ def _check(c: TrainConfig) -> None:
         ("loss.resynthesis_highpass", loss.resynthesis_highpass),
         ("loss.adversarial", loss.adversarial),
         ("loss.gradient_penalty", loss.gradient_penalty),
-        ("data.tiff_background", d.tiff_background),
+        ("data.frames_background", d.frames_background),
         ("optim.time_budget", o.time_budget),
     ):
         if not math.isfinite(value) or value < 0:

@@ -15,16 +15,23 @@ from ..operator import LightFieldOperator
 
 
 def supervised(
-    x: torch.Tensor, target: torch.Tensor, denominator: torch.Tensor | None = None
+    x: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    denominator: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Relative squared error ‖x − t‖² / ‖t‖² of (L, D, Yv, Xv) volumes, the
-    batch pooled, so the loss weights compare terms of similar size.
-    ``denominator`` replaces ‖t‖² (the trainer passes the mean over
-    processes of their ‖t‖², so that data-parallel training equals one
-    process with the whole batch)."""
+    """Relative squared error Σ w (x − t)² / Σ w t² of (L, D, Yv, Xv) volumes,
+    the batch pooled, so the loss weights compare terms of similar size.
+    ``weight`` (L, 1, Yv, Xv): where the target is scored (the voxels a
+    patch's light field explains; None = everywhere). ``denominator``
+    replaces Σ w t² (the trainer passes the mean over processes, so that
+    data-parallel training equals one process with the whole batch)."""
+    err = (x - target).pow(2)
+    if weight is not None:
+        err = err * weight
     if denominator is None:
-        denominator = target.pow(2).sum()
-    return (x - target).pow(2).sum() / denominator.clamp_min(1e-12)
+        denominator = (target.pow(2) if weight is None else target.pow(2) * weight).sum()
+    return err.sum() / denominator.clamp_min(1e-12)
 
 
 def resynthesis(
@@ -32,20 +39,28 @@ def resynthesis(
     x: torch.Tensor,
     y: torch.Tensor,
     background: torch.Tensor,
+    weight: torch.Tensor | None = None,
     highpass_lenslets: float = 0.0,
     denominator: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Relative residual ‖H x + b − y‖² / ‖y‖² (the batch pooled): how well
-    each reconstruction explains its own light field. With
-    ``highpass_lenslets`` > 0 a Gaussian low-pass of that σ (in lenslets) is
-    removed from the residual first, so a slowly varying background the model
-    does not describe is not fitted. ``denominator`` replaces ‖y‖² (see
+    """Relative residual Σ w (H x + b − y)² / Σ w y² (the batch pooled): how
+    well each reconstruction explains its own light field. ``weight``
+    (B, 1, Y, X): the pixels that the patch's volume fully explains (None =
+    all). With ``highpass_lenslets`` > 0 a Gaussian low-pass of that σ (in
+    lenslets, taken over the weighted pixels only) is removed from the
+    residual first, so a slowly varying background the model does not
+    describe is not fitted. ``denominator`` replaces Σ w y² (see
     :func:`supervised`)."""
     r = op.project(x) + background - y
+    if weight is None:
+        weight = torch.ones_like(r[:1])
+    r = r * weight
     if highpass_lenslets > 0:
-        r = r - gaussian_blur2d(r, highpass_lenslets * op.nnum)
+        sigma = highpass_lenslets * op.nnum
+        low = gaussian_blur2d(r, sigma) / gaussian_blur2d(weight, sigma).clamp_min(1e-6)
+        r = (r - low) * weight
     if denominator is None:
-        denominator = y.pow(2).sum()
+        denominator = (y.pow(2) * weight).sum()
     return r.pow(2).sum() / denominator.clamp_min(1e-12)
 
 
@@ -67,26 +82,44 @@ def gaussian_blur2d(t: torch.Tensor, sigma: float) -> torch.Tensor:
     return blur(t) / blur(torch.ones_like(t[:1]))
 
 
-def ssim3d(x: torch.Tensor, target: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
-    """Mean 3-D SSIM of (L, D, Yv, Xv) volumes (Gaussian window σ voxels,
-    C1 = (0.01 L)², C2 = (0.03 L)², L the target's range per volume), the
-    definition of :func:`lfm_recon.metrics.ssim` in differentiable form (zero
-    padding here instead of reflection: a border detail)."""
-    radius = max(1, math.ceil(3.5 * sigma))
+def ssim3d(
+    x: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    sigma: float = 1.5,
+    weight: torch.Tensor | None = None,
+    min_range: float = 0.0,
+) -> torch.Tensor:
+    """Mean 3-D SSIM of (L, D, Yv, Xv) volumes, differentiable: the definition
+    of :func:`lfm_recon.metrics.ssim` (Gaussian window σ voxels truncated at
+    3.5σ and reflected at the borders as scipy's ``mode="reflect"``; C1 =
+    (0.01 L)², C2 = (0.03 L)², L the target's range per volume; tested equal).
+
+    ``weight`` (L, 1, Yv, Xv): average the local SSIM under it (None = plain
+    mean). ``min_range``: floor of L, so that an empty target patch keeps
+    constants of a sensible size instead of ~1e-28 (its SSIM then rewards
+    an empty reconstruction and penalises spurious light on the scale of
+    ``min_range``).
+    """
+    radius = int(3.5 * sigma + 0.5)  # scipy's truncation
     u = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     g = torch.exp(-0.5 * (u / sigma) ** 2)
     g = g / g.sum()
 
     def blur(a):
-        a = a.unsqueeze(1)
-        pad = [(radius, 0, 0), (0, radius, 0), (0, 0, radius)]
-        for axis, p in enumerate(pad):
-            shape = [1, 1, 1, 1, 1]
-            shape[2 + axis] = -1
-            a = F.conv3d(a, g.reshape(shape), padding=p)
-        return a.squeeze(1)
+        for axis in (1, 2, 3):
+            a = _reflect_pad(a, axis, radius)
+            a = a.movedim(axis, -1)
+            shape = a.shape
+            a = F.conv1d(a.reshape(-1, 1, shape[-1]), g.reshape(1, 1, -1))
+            a = a.reshape(*shape[:-1], -1).movedim(-1, axis)
+        return a
 
-    span = (target.amax(dim=(1, 2, 3)) - target.amin(dim=(1, 2, 3))).clamp_min(1e-12)
+    flat = target.flatten(1)
+    span = flat.amax(dim=1) - flat.amin(dim=1)
+    # metrics.ssim: max |t| for a constant target, else 1; then the floor.
+    span = torch.where(span > 0, span, flat.abs().amax(dim=1))
+    span = torch.where(span > 0, span, torch.ones_like(span)).clamp_min(min_range)
     span = span.reshape(-1, 1, 1, 1)
     c1, c2 = (0.01 * span) ** 2, (0.03 * span) ** 2
     mx, mt = blur(x), blur(target)
@@ -94,7 +127,19 @@ def ssim3d(x: torch.Tensor, target: torch.Tensor, sigma: float = 1.5) -> torch.T
     vt = blur(target * target) - mt * mt
     cov = blur(x * target) - mx * mt
     s = ((2 * mx * mt + c1) * (2 * cov + c2)) / ((mx**2 + mt**2 + c1) * (vx + vt + c2))
-    return s.mean()
+    if weight is None:
+        return s.mean()
+    w = weight.expand_as(s)
+    return (s * w).sum() / w.sum().clamp_min(1e-12)
+
+
+def _reflect_pad(a: torch.Tensor, axis: int, radius: int) -> torch.Tensor:
+    """Pad ``axis`` by ``radius`` on both sides, half-sample symmetric
+    (d c b a | a b c d | d c b a), for any radius, even one longer than the axis."""
+    n = a.shape[axis]
+    j = torch.arange(-radius, n + radius, device=a.device) % (2 * n)
+    j = torch.where(j < n, j, 2 * n - 1 - j)
+    return a.index_select(axis, j)
 
 
 # --- adversarial -----------------------------------------------------------------
