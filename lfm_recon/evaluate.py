@@ -61,8 +61,12 @@ def check_compatible(op: LightFieldOperator, data: SimulatedData) -> None:
 
 def score(x, data: SimulatedData, indices, op: LightFieldOperator, background=0.0) -> Scores:
     """Metrics of reconstructions ``x`` (B, D, Yv, Xv) of the paired samples
-    ``indices`` (B,) of ``data`` (see the module docstring)."""
+    ``indices`` (B,) of ``data`` (see the module docstring); ``background``
+    in photons per pixel, a number or (B,)."""
     indices = np.asarray(indices)
+    background = np.asarray(background, dtype=np.float64)
+    if background.ndim == 1:
+        background = background.reshape(-1, 1, 1, 1)
     x = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     gt = data.volumes[indices]
     gains = data.gains[indices].reshape(-1, 1, 1, 1)

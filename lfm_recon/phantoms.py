@@ -123,18 +123,28 @@ def neurons(
     return Phantom(volume.astype(np.float32), centres, radii, peak)
 
 
-def _axial_samples(depths: np.ndarray, voxel_size: float) -> tuple[np.ndarray, int]:
-    """k sub-plane positions per plane, evenly across each plane's slab (its
-    edges halfway to the neighbouring planes), k ≈ slab / lateral voxel."""
+def slab_edges(depths: np.ndarray, voxel_size: float) -> np.ndarray:
+    """(D + 1,) µm: the boundaries of each plane's slab, halfway to its
+    neighbours, the outer ones mirrored (one plane: a slab one lateral voxel
+    thick)."""
+    depths = np.asarray(depths, dtype=np.float64)
     if depths.size == 1:
-        return depths.copy(), 1
-    edges = np.concatenate(
+        return np.array([depths[0] - voxel_size / 2, depths[0] + voxel_size / 2])
+    return np.concatenate(
         [
             [1.5 * depths[0] - 0.5 * depths[1]],
             (depths[1:] + depths[:-1]) / 2,
             [1.5 * depths[-1] - 0.5 * depths[-2]],
         ]
     )
+
+
+def _axial_samples(depths: np.ndarray, voxel_size: float) -> tuple[np.ndarray, int]:
+    """k sub-plane positions per plane, evenly across each plane's slab (its
+    edges halfway to the neighbouring planes), k ≈ slab / lateral voxel."""
+    if depths.size == 1:
+        return depths.copy(), 1
+    edges = slab_edges(depths, voxel_size)
     k = int(min(16, max(1, np.ceil(np.diff(edges).max() / voxel_size))))
     frac = (np.arange(k) + 0.5) / k
     z = edges[:-1, None] + np.diff(edges)[:, None] * frac[None, :]

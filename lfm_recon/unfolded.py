@@ -259,25 +259,31 @@ class UnfoldedISTA(nn.Module):
                 raise LFMError("scale (the frames' mean signal per pixel) must be finite and > 0")
         return y / c, b / c, c
 
-    def forward(self, y, background=0.0, *, scale=None) -> torch.Tensor:
+    def forward(self, y, background=0.0, *, scale=None, weight=None) -> torch.Tensor:
         """(B, 1, Y, X) counts → (B, D, Yv, Xv) photons per voxel.
 
         ``scale``: see :meth:`normalise` (default: each frame's own).
+        ``weight``: (B, 1, Y, X) in [0, 1], how much each pixel counts in the
+        data term (0 hides it; None = all count), e.g. to hold pixels out.
         """
         yn, bn, c = self.normalise(y, background, scale)
-        return self.layers(yn, bn) * c
+        return self.layers(yn, bn, weight) * c
 
-    def layers(self, y: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def layers(self, y: torch.Tensor, b: torch.Tensor, weight=None) -> torch.Tensor:
         """The unfolded iterations on normalised, checked inputs (y / c, b / c)
-        → the volume in normalised units (multiply by c for photons)."""
+        → the volume in normalised units (multiply by c for photons).
+        ``weight``: see :meth:`forward`."""
         op, cfg = self.op, self.config
         steps, lams = self.steps(), self.thresholds()
         poisson = cfg.data_term == "poisson"
         tiny = torch.finfo(y.dtype).tiny
         x = self._start(y, b)
         if poisson:
-            sens = self._sensitivity(y)
+            # Hᵀw: the sensitivity of each voxel to the pixels that count.
+            sens = self._sensitivity(y) if weight is None else op.backproject(weight)
             y_counts = y.clamp_min(0)  # the Poisson model needs y ≥ 0 (as RL)
+            if weight is not None:
+                y_counts = y_counts * weight
             floor = cfg.em_floor * self.uniform_level
             inv_sens = torch.where(sens > 0, 1 / sens.clamp_min(tiny), 0)
         for k in range(cfg.n_layers):
@@ -287,7 +293,10 @@ class UnfoldedISTA(nn.Module):
                 ratio = torch.where(predicted > 0, y_counts / predicted.clamp_min(tiny), 0)
                 v = x - mu * (x + floor) * inv_sens * (sens - op.backproject(ratio))
             else:
-                v = -mu * op.backproject(predicted - y)
+                residual = predicted - y
+                if weight is not None:
+                    residual = residual * weight
+                v = -mu * op.backproject(residual)
                 if x is not None:
                     v = x + v
             if self.priors is not None:

@@ -111,7 +111,7 @@ def test_config_file_round_trip(workspace):
             ("batch_size = 2", "batch_size = 0"), "data.batch_size must be ≥ 1", id="batch"
         ),
         pytest.param(
-            ('train = "data.h5"', ""), r"missing required key\(s\) \['train'\]", id="no-train"
+            ('train = "data.h5"', ""), r"no light fields to learn from", id="no-train"
         ),
         pytest.param(("[optim]", "[optim]\n[optim.extra]"), "unknown key", id="nested-table"),
         pytest.param(

@@ -37,8 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LFMError
+from ..simulator import SimulationRanges
 from ..unfolded import UnfoldedConfig
 from .schedule import SCHEDULES
+
+RESYNTHESIS_KINDS = ("l2", "poisson")
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 GANS = ("lsgan", "wgan-gp")
@@ -48,9 +51,16 @@ GANS = ("lsgan", "wgan-gp")
 class DataConfig:
     """What the network learns from.
 
+    Four kinds of data, each for a reason (give any mix; at least one
+    source of light fields): paired sets (``train``) for the supervised
+    loss; unlabeled light fields (``unlabeled``, ideally the recordings the
+    network is for) for the re-synthesis loss; unpaired volumes
+    (``unpaired_volumes``, e.g. two-photon stacks) for the adversarial loss;
+    and simulation drawn fresh every step (``[data.simulate]``).
+
     Attributes:
         train: HDF5 data set (``lfm-recon simulate``) with paired samples
-            (volumes + light fields) and unlabeled light fields.
+            (volumes + light fields) and unlabeled light fields; empty: none.
         validation: HDF5 data set scored each epoch to pick the best model;
             empty: hold out the last ``n_validation`` paired samples of
             ``train``. It must not share frames, volumes or a simulation seed
@@ -74,9 +84,18 @@ class DataConfig:
         unlabeled_batch_size: unlabeled patches per step (all processes).
         augment: random flips and transposes, where the PSF bank has those
             symmetries (checked), so H commutes with them.
+        simulate: ``[data.simulate]``: paired samples drawn fresh every step
+            from randomised families (:class:`lfm_recon.simulator.SimulationRanges`);
+            absent: none. With no ``train`` and no ``validation`` file the
+            model is picked on ``simulate.validation`` simulated samples.
+        unpaired_volumes: volumes without light fields, the discriminator's
+            "real" examples (TIFF with ImageJ voxel size, HDF5 with
+            ``element_size_um``), resampled to the PSF bank's grid; empty:
+            the discriminator's real examples are the labelled targets.
+        unpaired_batch_size: unpaired crops per step (all processes).
     """
 
-    train: str
+    train: str = ""
     validation: str = ""
     n_validation: int = 4
     n_labelled: int | None = None
@@ -87,6 +106,9 @@ class DataConfig:
     batch_size: int = 4
     unlabeled_batch_size: int = 4
     augment: bool = True
+    simulate: SimulationRanges | None = None
+    unpaired_volumes: tuple[str, ...] = ()
+    unpaired_batch_size: int = 4
 
 
 @dataclass(frozen=True)
@@ -97,8 +119,16 @@ class LossConfig:
         supervised: relative squared error ‖x̂ − x‖²/‖x‖² of the
             reconstruction against the ground-truth volume.
         ssim: weight of 1 − SSIM (3-D, σ 1.5 voxels) on labelled samples.
-        resynthesis: relative squared residual ‖H x̂ + b − y‖²/‖y‖², on
-            labelled and unlabeled light fields.
+        resynthesis: weight of the re-synthesis term on every light field:
+            how well each reconstruction explains its own light field.
+        resynthesis_kind: ``"l2"``, the relative squared residual
+            ‖H x̂ + b − y‖²/‖y‖², or ``"poisson"``, the Poisson deviance of
+            y under H x̂ + b per photon (the photon-noise likelihood; see
+            :func:`lfm_recon.training.losses.poisson_resynthesis`).
+        resynthesis_holdout: fraction of pixels hidden from the network's
+            data term and scored by the re-synthesis term alone (a fresh
+            random split per step), so that the term rewards predicting
+            light the network did not see rather than fitting noise; 0 = off.
         resynthesis_highpass: σ in lenslets of a Gaussian low-pass removed from
             the re-synthesis residual (ignores slow background); 0 = off.
         adversarial: generator-side adversarial loss (after warm-up).
@@ -109,6 +139,8 @@ class LossConfig:
     supervised: float = 1.0
     ssim: float = 0.0
     resynthesis: float = 0.1
+    resynthesis_kind: str = "l2"
+    resynthesis_holdout: float = 0.0
     resynthesis_highpass: float = 0.0
     adversarial: float = 0.0
     gan: str = "lsgan"
@@ -164,6 +196,8 @@ class TrainConfig:
         checkpoint_every: checkpoint (with optimiser state) every so many steps.
         tensorboard: also write TensorBoard scalars and MIP images (needs the
             ``tensorboard`` package).
+        init_model: a model file to start from (fine-tuning): its PSF bank
+            and architecture must be the run's; empty: a fresh network.
     """
 
     psf: str
@@ -175,6 +209,7 @@ class TrainConfig:
     steps_per_epoch: int = 100
     checkpoint_every: int = 100
     tensorboard: bool = False
+    init_model: str = ""
     model: UnfoldedConfig = field(default_factory=UnfoldedConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -209,7 +244,16 @@ class TrainConfig:
                 raise LFMError(f"{source}: the [data] section with `train = ...` is required")
             if not isinstance(raw, dict):
                 raise LFMError(f"{source}: [{name}] must be a table of keys, got {raw!r}")
-            values[name] = _build(kind, raw, f"{source} [{name}]")
+            if name == "data" and raw.get("simulate", {}) is None:  # from to_dict()
+                raw = {k: v for k, v in raw.items() if k != "simulate"}
+            if name == "data" and "simulate" in raw:
+                raw = dict(raw)
+                table = raw["simulate"]
+                if not isinstance(table, dict):
+                    raise LFMError(f"{source}: [data.simulate] must be a table, got {table!r}")
+                raw["simulate"] = SimulationRanges.from_dict(table, f"{source} [data.simulate]")
+            nested_keys = ("simulate",) if name == "data" else ()
+            values[name] = _build(kind, raw, f"{source} [{name}]", nested=nested_keys)
         top = _build(cls, values, source, nested=tuple(sections))
         if base is not None:
             top = top.resolved(base)
@@ -226,13 +270,22 @@ class TrainConfig:
             train=fix(self.data.train),
             validation=fix(self.data.validation),
             unlabeled=tuple(fix(p) for p in self.data.unlabeled),
+            unpaired_volumes=tuple(fix(p) for p in self.data.unpaired_volumes),
         )
-        return dataclasses.replace(self, psf=fix(self.psf), output=fix(self.output), data=data)
+        return dataclasses.replace(
+            self,
+            psf=fix(self.psf),
+            output=fix(self.output),
+            init_model=fix(self.init_model),
+            data=data,
+        )
 
     def to_dict(self) -> dict:
         """Nested plain dict (TOML/JSON-ready; absent optional values are None)."""
         d = dataclasses.asdict(self)
         d["data"]["unlabeled"] = list(self.data.unlabeled)
+        d["data"]["unpaired_volumes"] = list(self.data.unpaired_volumes)
+        d["data"]["simulate"] = None if self.data.simulate is None else self.data.simulate.to_dict()
         return d
 
     def portable(self, folder: str | Path) -> dict:
@@ -245,9 +298,11 @@ class TrainConfig:
 
         d = self.to_dict()
         d["psf"], d["output"] = rel(d["psf"]), rel(d["output"])
+        d["init_model"] = rel(d["init_model"])
         data = d["data"]
         data["train"], data["validation"] = rel(data["train"]), rel(data["validation"])
         data["unlabeled"] = [rel(p) for p in data["unlabeled"]]
+        data["unpaired_volumes"] = [rel(p) for p in data["unpaired_volumes"]]
         return d
 
     def to_toml(self, folder: str | Path | None = None) -> str:
@@ -274,6 +329,8 @@ def _toml_value(v) -> str:
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table
+        return "{ " + ", ".join(_toml_lines(v)) + " }"
     return repr(v)
 
 
@@ -328,8 +385,26 @@ def _check(c: TrainConfig) -> None:
     d, loss, o = c.data, c.loss, c.optim
     if not c.psf:
         raise LFMError("psf: give the PSF bank file (.h5) the data sets were made with")
-    if not d.train:
-        raise LFMError("data.train: give the HDF5 data set to train on (lfm-recon simulate)")
+    if not (d.train or d.simulate or d.unlabeled):
+        raise LFMError(
+            "no light fields to learn from: give data.train (lfm-recon simulate), a"
+            " [data.simulate] section or data.unlabeled"
+        )
+    if not (d.train or d.validation or (d.simulate and d.simulate.validation)):
+        raise LFMError(
+            "nothing to pick the model on: give data.validation (a simulated set), data.train"
+            " (its last data.n_validation samples are held out) or [data.simulate]"
+        )
+    if loss.resynthesis_kind not in RESYNTHESIS_KINDS:
+        raise LFMError(
+            f"loss.resynthesis_kind must be one of {RESYNTHESIS_KINDS}, got"
+            f" {loss.resynthesis_kind!r}"
+        )
+    if not 0 <= loss.resynthesis_holdout < 1:
+        raise LFMError(
+            f"loss.resynthesis_holdout is a fraction of pixels in [0, 1), got"
+            f" {loss.resynthesis_holdout}"
+        )
     if c.precision not in PRECISIONS:
         raise LFMError(f"precision must be one of {PRECISIONS}, got {c.precision!r}")
     if o.schedule not in SCHEDULES:
@@ -349,6 +424,7 @@ def _check(c: TrainConfig) -> None:
         ("data.n_labelled", 0 if d.n_labelled is None else d.n_labelled),
         ("data.patch_lenslets", d.patch_lenslets),
         ("data.unlabeled_batch_size", d.unlabeled_batch_size),
+        ("data.unpaired_batch_size", d.unpaired_batch_size),
         ("optim.warmup_steps", o.warmup_steps),
         ("seed", c.seed),
     ):

@@ -68,53 +68,66 @@ class TrainingData:
     Args:
         cfg: the run's data section.
         bank: the PSF bank; every data set must have been made with it.
+        seed: the run's seed (draws a simulated validation set, if one is needed).
 
     Attributes:
         labelled: paired frames used with their volumes (may be empty).
         unlabeled: light fields without volumes, one :class:`FrameSet` per source.
         validation: the data set scored each epoch, and
-        validation_indices: which of its paired samples.
+        validation_indices: which of its paired samples, and
+        validation_background: (n,) their backgrounds, photons per pixel.
+        simulated_lenslets: side of simulated light fields (``[data.simulate]``).
     """
 
-    def __init__(self, cfg: DataConfig, bank: PSFBank) -> None:
+    def __init__(self, cfg: DataConfig, bank: PSFBank, seed: int = 0) -> None:
         self.cfg = cfg
         self.nnum, self.s = bank.nnum, bank.voxels_per_lenslet
-        train = _load_dataset(cfg.train, bank)
-        held = self._split_validation(train, bank)
+        train = _load_dataset(cfg.train, bank) if cfg.train else None
+        if train is None and cfg.n_labelled:
+            raise LFMError(
+                f"data.n_labelled = {cfg.n_labelled} but no data.train set holds paired samples"
+            )
+        self.unlabeled: list[FrameSet] = []
+        if train is not None and cfg.use_train_unlabeled and len(train.unlabeled):
+            name = f"{cfg.train} (unlabeled)"
+            self.unlabeled.append(frame_set(name, train.unlabeled, _background(train)))
+        for path in cfg.unlabeled:
+            self.unlabeled.append(_load_unlabeled(path, bank, cfg.frames_background))
+        held = self._split_validation(train, bank, seed)
         n_labelled = held if cfg.n_labelled is None else cfg.n_labelled
         if n_labelled > held:
             raise LFMError(
                 f"data.n_labelled = {cfg.n_labelled} but {cfg.train} has only {held} paired"
                 " samples outside the validation set"
             )
-        background = _background(train)
-        self.labelled = frame_set(
-            f"{cfg.train} (paired)",
-            train.lightfields[:n_labelled],
-            background,
-            (train.volumes[:n_labelled] * train.gains[:n_labelled, None, None, None]).astype(
-                np.float32
-            ),
-        )
-        self.unlabeled: list[FrameSet] = []
-        if cfg.use_train_unlabeled and len(train.unlabeled):
-            self.unlabeled.append(
-                frame_set(f"{cfg.train} (unlabeled)", train.unlabeled, background)
+        if train is None:
+            self.labelled = frame_set("no paired set", np.zeros((0, 1, 1, 1), np.float32), 0.0)
+        else:
+            volumes = train.volumes[:n_labelled] * train.gains[:n_labelled, None, None, None]
+            self.labelled = frame_set(
+                f"{cfg.train} (paired)",
+                train.lightfields[:n_labelled],
+                _background(train),
+                volumes.astype(np.float32),
             )
-        for path in cfg.unlabeled:
-            self.unlabeled.append(_load_unlabeled(path, bank, cfg.frames_background))
-        if self.n_labelled == 0 and self.n_unlabeled == 0:
+        if self.n_labelled == 0 and self.n_unlabeled == 0 and cfg.simulate is None:
             raise LFMError(
-                f"nothing to train on: {cfg.train} gives no paired samples outside the validation"
-                " set and no unlabeled light fields are given (data.unlabeled)"
+                f"nothing to train on: {cfg.train or 'no data.train'} gives no paired samples"
+                " outside the validation set, no unlabeled light fields are given"
+                " (data.unlabeled) and there is no [data.simulate]"
             )
         self._check_leaks(train)
 
     # --- split ------------------------------------------------------------------------
-    def _split_validation(self, train: SimulatedData, bank: PSFBank) -> int:
+    def _split_validation(self, train: SimulatedData | None, bank: PSFBank, seed: int) -> int:
         """Set the validation set; returns how many paired samples of train
         are left to learn from (the first ones)."""
-        cfg, n_paired = self.cfg, len(train.volumes)
+        cfg = self.cfg
+        n_paired = 0 if train is None else len(train.volumes)
+        self.simulated_lenslets = self._simulated_lenslets(train)
+        if not cfg.validation and train is None:
+            self._simulated_validation(bank, seed)
+            return 0
         if cfg.validation:
             if _same_file(cfg.validation, cfg.train):
                 raise LFMError(
@@ -125,7 +138,8 @@ class TrainingData:
                 )
             self.validation = _load_dataset(cfg.validation, bank)
             self.validation_indices = np.arange(len(self.validation.volumes))
-            seeds = (train.simulation.get("seed"), self.validation.simulation.get("seed"))
+            train_seed = None if train is None else train.simulation.get("seed")
+            seeds = (train_seed, self.validation.simulation.get("seed"))
             if seeds[0] is not None and seeds[0] == seeds[1]:
                 raise LFMError(
                     f"{cfg.train} and {cfg.validation} were simulated with the same seed"
@@ -145,9 +159,42 @@ class TrainingData:
             self.validation_indices = np.arange(held, n_paired)
         if len(self.validation_indices) == 0:
             raise LFMError("the validation set has no paired samples to score")
+        self.validation_background = np.full(
+            len(self.validation_indices), _background(self.validation)
+        )
         return held
 
-    def _check_leaks(self, train: SimulatedData) -> None:
+    def _simulated_lenslets(self, train: SimulatedData | None) -> int:
+        """Side of simulated light fields: as asked, else the patches', else
+        the frames' (whole-frame training), else 11 lenslets."""
+        cfg = self.cfg
+        if cfg.simulate is not None and cfg.simulate.lenslets:
+            return cfg.simulate.lenslets
+        if cfg.patch_lenslets:
+            return cfg.patch_lenslets
+        frames = [u.y for u in self.unlabeled] + ([] if train is None else [train.lightfields])
+        sizes = {(f.shape[2] // self.nnum, f.shape[3] // self.nnum) for f in frames if len(f)}
+        square = {s[0] for s in sizes if s[0] == s[1]}
+        return square.pop() if len(sizes) == 1 and len(square) == 1 else 11
+
+    def _simulated_validation(self, bank: PSFBank, seed: int) -> None:
+        from ..operator import LightFieldOperator
+        from ..simulator import Simulator, simulated_dataset
+
+        sim = self.cfg.simulate
+        if sim is None or not sim.validation:
+            raise LFMError(
+                "nothing to pick the model on: give data.validation, data.train or"
+                " [data.simulate] with validation > 0"
+            )
+        op = LightFieldOperator(bank)
+        simulator = Simulator(op, sim, self.simulated_lenslets)
+        self.validation, self.validation_background = simulated_dataset(
+            simulator, sim.validation, seed
+        )
+        self.validation_indices = np.arange(sim.validation)
+
+    def _check_leaks(self, train: SimulatedData | None) -> None:
         """No validation light field or volume may also be a training one."""
         val = self.validation
         idx = self.validation_indices
@@ -157,11 +204,14 @@ class TrainingData:
             if shared:
                 raise LFMError(
                     f"{len(shared)} validation light field(s) (e.g. sample {shared[0]} of"
-                    f" {self.cfg.validation or self.cfg.train}) are also training frames in"
+                    f" {self.cfg.validation or self.cfg.train or 'the simulated set'}) are"
+                    " also training frames in"
                     f" {part.name}; a model picked on them would be scored on what it was"
                     " trained on: remove them from the training inputs"
                 )
         val_volumes = {_digest(v) for v in val.volumes[idx]}
+        if train is None:
+            return
         if any(_digest(v) in val_volumes for v in train.volumes[: self.n_labelled]):
             raise LFMError(
                 f"a validation volume is also a training volume of {self.cfg.train}; simulate"

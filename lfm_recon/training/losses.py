@@ -64,6 +64,33 @@ def resynthesis(
     return r.pow(2).sum() / denominator.clamp_min(1e-12)
 
 
+def poisson_resynthesis(
+    op: LightFieldOperator,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    background: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    denominator: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Poisson deviance of the light fields under the reconstructions, per
+    photon: Σ w [μ − y + y log(y/μ)] / Σ w y, μ = H x + b (y clipped at 0,
+    0·log 0 = 0; μ floored at 1e-6 of the mean). Half the deviance, the
+    negative log-likelihood of photon noise up to a constant, divided by the
+    light, so that it is scale-free like the other terms: the same value for
+    counts and for normalised light fields. ``weight`` and ``denominator``
+    as :func:`resynthesis` (Σ w y replaced)."""
+    mu = op.project(x) + background
+    yc = y.clamp_min(0)
+    mu = torch.maximum(mu, 1e-6 * yc.mean().clamp_min(1e-30))
+    log_term = torch.where(yc > 0, yc * torch.log(yc.clamp_min(1e-30) / mu), 0.0)
+    d = mu - yc + log_term
+    if weight is None:
+        weight = torch.ones_like(d[:1])
+    if denominator is None:
+        denominator = (yc * weight).sum()
+    return (d * weight).sum() / denominator.clamp_min(1e-12)
+
+
 def gaussian_blur2d(t: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (B, C, Y, X), σ in pixels, zero-padded and
     renormalised at the borders (so a constant stays constant)."""

@@ -4,7 +4,8 @@ and volumes divided by their frame's signal scale c, see
 
     loss = w_sup · Σ w (x̂ − x)² / Σ w x²           labelled patches
          + w_ssim · (1 − SSIM_w(x̂, x))             labelled patches
-         + w_res · Σ w (H x̂ + b − y)² / Σ w y²     every patch
+         + w_res · Σ w (H x̂ + b − y)² / Σ w y²     every patch (or the Poisson
+                                                   deviance per photon)
          + w_adv · generator loss of D(x̂)          in the adversarial stage
 
 each term scored under the patch's weights (the part of the patch that its
@@ -55,8 +56,12 @@ class Objective:
         light fields, normalised."""
         if not self.w.resynthesis:
             return {}
-        den = self.processes.mean((y.pow(2) * weight).sum())
-        r = losses.resynthesis(self.op, x, y, b, weight, self.w.resynthesis_highpass, den)
+        if self.w.resynthesis_kind == "poisson":
+            den = self.processes.mean((y.clamp_min(0) * weight).sum())
+            r = losses.poisson_resynthesis(self.op, x, y, b, weight, den)
+        else:
+            den = self.processes.mean((y.pow(2) * weight).sum())
+            r = losses.resynthesis(self.op, x, y, b, weight, self.w.resynthesis_highpass, den)
         return {"resynthesis": r}
 
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:

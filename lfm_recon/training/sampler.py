@@ -43,6 +43,8 @@ class Batch:
             per voxel, or None when L = 0.
         volume_weight: (L, 1, Yv, Xv) 1 on the voxels whose light stays in
             the patch, else 0; None when L = 0.
+        data_weight: (B, 1, Y, X) the pixels the network's data term may use
+            (1) or not (0, held out for the re-synthesis term); None: all.
     """
 
     y: torch.Tensor
@@ -51,6 +53,7 @@ class Batch:
     lf_weight: torch.Tensor
     target: torch.Tensor | None = None
     volume_weight: torch.Tensor | None = None
+    data_weight: torch.Tensor | None = None
 
     @property
     def n_labelled(self) -> int:
@@ -86,6 +89,8 @@ class PatchSampler:
     def _check_patch(self) -> None:
         p, m = self.cfg.patch_lenslets, self.margin
         sizes = self.data.frame_lenslets()
+        if not sizes:  # no fixed frames (simulation only)
+            return
         if p == 0:
             if len(set(sizes)) > 1:
                 raise LFMError(
@@ -109,30 +114,21 @@ class PatchSampler:
             )
 
     def batch(self, seed: int, step: int, rank: int = 0, world: int = 1) -> Batch:
-        """This process's slice of step ``step``'s global batch."""
+        """This process's slice of step ``step``'s global batch of patches."""
+        return join(*self.parts(seed, step, rank, world))
+
+    def parts(self, seed: int, step: int, rank: int = 0, world: int = 1):
+        """(labelled, unlabeled) :class:`Batch` parts of this process's
+        slice; None where the run has none."""
         cfg, data = self.cfg, self.data
         rng = np.random.default_rng([seed, step])
         n_l = cfg.batch_size if data.n_labelled else 0
         n_u = cfg.unlabeled_batch_size if data.n_unlabeled else 0
         labelled = [self._draw(rng, [data.labelled]) for _ in range(n_l)]
         unlabeled = [self._draw(rng, data.unlabeled) for _ in range(n_u)]
-        items = _slice(labelled, rank, world) + _slice(unlabeled, rank, world)
-        n_mine = len(labelled) // world
-
-        def stack(key, rows):
-            return torch.from_numpy(np.stack([it[key] for it in rows]))
-
-        def column(key):
-            return torch.tensor([it[key] for it in items], dtype=torch.float32).reshape(-1, 1, 1, 1)
-
-        mine = items[:n_mine]
-        return Batch(
-            y=stack("y", items),
-            background=column("background"),
-            scale=column("scale"),
-            lf_weight=stack("lf_weight", items),
-            target=stack("volume", mine) if mine else None,
-            volume_weight=stack("volume_weight", mine) if mine else None,
+        return (
+            _stack(_slice(labelled, rank, world), labelled=True),
+            _stack(_slice(unlabeled, rank, world), labelled=False),
         )
 
     def _draw(self, rng: np.random.Generator, parts: list[FrameSet]) -> dict:
@@ -165,6 +161,54 @@ class PatchSampler:
             out["volume"] = _augmented(v, code)
             out["volume_weight"] = _augmented(_box((py, px), s, top, bottom, left, right), code)
         return out
+
+
+def _stack(items: list[dict], labelled: bool) -> Batch | None:
+    if not items:
+        return None
+
+    def stack(key):
+        return torch.from_numpy(np.stack([it[key] for it in items]))
+
+    def column(key):
+        return torch.tensor([it[key] for it in items], dtype=torch.float32).reshape(-1, 1, 1, 1)
+
+    return Batch(
+        y=stack("y"),
+        background=column("background"),
+        scale=column("scale"),
+        lf_weight=stack("lf_weight"),
+        target=stack("volume") if labelled else None,
+        volume_weight=stack("volume_weight") if labelled else None,
+    )
+
+
+def join(*parts: Batch | None) -> Batch:
+    """One batch of the given parts (None skipped), labelled parts first, in
+    order; they must be on one device and of one light-field size."""
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        raise LFMError("a training step has no samples: check the data section")
+    labelled = [p for p in parts if p.target is not None]
+    ordered = labelled + [p for p in parts if p.target is None]
+    sizes = {tuple(p.y.shape[-2:]) for p in ordered}
+    if len(sizes) > 1:
+        raise LFMError(
+            f"light fields of one step differ in size {sorted(sizes)} px: simulated light fields"
+            " ([data.simulate] lenslets) must match the patches (data.patch_lenslets)"
+        )
+
+    def cat(name):
+        return torch.cat([getattr(p, name) for p in ordered])
+
+    return Batch(
+        y=cat("y"),
+        background=cat("background"),
+        scale=cat("scale"),
+        lf_weight=cat("lf_weight"),
+        target=torch.cat([p.target for p in labelled]) if labelled else None,
+        volume_weight=torch.cat([p.volume_weight for p in labelled]) if labelled else None,
+    )
 
 
 def _box(lenslets: tuple[int, int], per: int, top, bottom, left, right) -> np.ndarray:

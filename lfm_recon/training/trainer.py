@@ -30,12 +30,12 @@ from ..operator import LightFieldOperator
 from ..psf.bank import PSFBank
 from ..unfolded import UnfoldedISTA
 from .adversarial import Adversary
+from .batches import BatchSource
 from .config import TrainConfig
 from .data import TrainingData
 from .distributed import Processes
 from .objective import Objective
 from .run_folder import RunFolder
-from .sampler import PatchSampler
 from .schedule import learning_rate_factor
 from .validation import Validator
 
@@ -108,15 +108,18 @@ class _Trainer:
             raise LFMError(f"precision {cfg.precision!r} needs a CUDA device; use fp32 on the CPU")
         self.folder = RunFolder(cfg, processes)
         bank = PSFBank.load(cfg.psf)
-        self.data = TrainingData(cfg.data, bank)  # before touching the folder: data errors first
-        self.sampler = PatchSampler.for_bank(self.data, bank)
-        state = self.folder.open(resume, overwrite)
-        torch.manual_seed(cfg.seed)
+        # Data first: its errors must come before the run folder is touched.
+        self.data = TrainingData(cfg.data, bank, cfg.seed)
         self.op = LightFieldOperator(
             bank, device=processes.device, compute=_COMPUTE[cfg.precision], check_inputs=False
         )
+        self.batches = BatchSource(cfg, self.data, bank, self.op)
+        state = self.folder.open(resume, overwrite)
+        torch.manual_seed(cfg.seed)
         self.net = UnfoldedISTA(self.op, config=cfg.model)
         self._init_lambda()
+        if cfg.init_model and state is None:
+            self._start_from(cfg.init_model)
         self.opt = torch.optim.Adam(self._parameter_groups())
         self._base_lrs = [g["lr"] for g in self.opt.param_groups]
         self.objective = Objective(
@@ -153,11 +156,29 @@ class _Trainer:
         return groups
 
     def _init_lambda(self) -> None:
-        """λ₀ from the training light fields (up to 32 whole frames)."""
+        """λ₀ from the training light fields (up to 32 whole frames; the
+        validation frames when simulation is the only paired source)."""
         d = self.data
-        part = d.labelled if d.n_labelled else d.unlabeled[0]
-        y, b = part.y[:32], part.background[:32]
-        self.net.set_lambda_scale(torch.from_numpy(y), torch.from_numpy(b).reshape(-1, 1, 1, 1))
+        if d.n_labelled or d.n_unlabeled:
+            part = d.labelled if d.n_labelled else d.unlabeled[0]
+            y, b = torch.from_numpy(part.y[:32]), torch.from_numpy(part.background[:32])
+        else:
+            y = torch.from_numpy(d.validation.lightfields[d.validation_indices[:32]])
+            b = torch.from_numpy(d.validation_background[:32].astype(np.float32))
+        self.net.set_lambda_scale(y, b.reshape(-1, 1, 1, 1))
+
+    def _start_from(self, path: str) -> None:
+        """Fine-tuning: the weights of a trained model of the same bank and
+        architecture (its λ scale included)."""
+        from ..modelfile import load_model
+
+        model = load_model(path, bank=self.op.bank)
+        if model.config != self.net.config:
+            raise LFMError(
+                f"init_model {path} has another architecture ({model.config}) than the run's"
+                f" [model] ({self.net.config}); make them equal to fine-tune"
+            )
+        self.net.load_state_dict(model.state_dict())
 
     def _tensorboard(self):
         try:
@@ -208,11 +229,11 @@ class _Trainer:
             group["lr"] = base * factor
         if self.adversary is not None:
             self.adversary.set_learning_rate(factor)
-        batch = self.sampler.batch(cfg.seed, self.step, processes.rank, processes.world)
-        batch = batch.to(processes.device)
+        batch = self.batches.batch(self.step, processes)
         c = batch.scale
         with self._precision():
-            xn = self.model(batch.y, batch.background, scale=c).float() / c
+            x = self.model(batch.y, batch.background, scale=c, weight=batch.data_weight)
+            xn = x.float() / c
         n_l = batch.n_labelled
         terms: dict[str, torch.Tensor] = {}
         target = None
@@ -222,9 +243,12 @@ class _Trainer:
         terms.update(
             self.objective.resynthesis_term(xn, batch.y / c, batch.background / c, batch.lf_weight)
         )
-        if self.adversary is not None and self.step >= cfg.optim.warmup_steps and n_l:
+        real = self.batches.real_volumes(self.step, processes) if self.adversary else None
+        if real is None:
+            real = target  # no unpaired volumes: the labelled targets are the real examples
+        if self.adversary is not None and self.step >= cfg.optim.warmup_steps and real is not None:
             d_loss, finite = self.adversary.step(
-                target, xn.detach(), cfg.seed, self.step, self._precision()
+                real, xn.detach(), cfg.seed, self.step, self._precision()
             )
             if not finite:
                 self._diverged({"discriminator": d_loss})

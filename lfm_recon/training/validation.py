@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 
+import numpy as np
 import torch
 
 from ..evaluate import score
@@ -24,15 +25,16 @@ class Validator:
     def __call__(self, net: UnfoldedISTA, precision: AbstractContextManager) -> dict:
         """Mean PSNR, SSIM, Pearson, residual and pooled F1 (a dict)."""
         data, idx = self.data.validation, self.data.validation_indices
-        background = float(data.simulation.get("background", 0.0))
+        background = self.data.validation_background  # (n,) photons per pixel
         parts = []
         was_training = net.training
         net.eval()
         try:
             for start in range(0, len(idx), self.batch):
                 y = torch.from_numpy(data.lightfields[idx[start : start + self.batch]])
+                b = torch.from_numpy(background[start : start + self.batch].astype(np.float32))
                 with precision:
-                    parts.append(net(y.to(self.device), background).float().cpu())
+                    parts.append(net(y.to(self.device), b.to(self.device)).float().cpu())
         finally:
             net.train(was_training)
         self.last_volumes = torch.cat(parts)
