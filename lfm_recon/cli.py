@@ -349,6 +349,40 @@ def _cmd_train(args: argparse.Namespace) -> None:
             print(f"{result.step} steps done; model in {result.model_path}")
 
 
+def _cmd_adapt(args: argparse.Namespace) -> None:
+    from .adapt import AdaptConfig, adapt
+    from .modelfile import load_model, save_model
+    from .recording import Recording
+
+    out = Path(args.output)
+    _check_output(out, args.overwrite)
+    if out.suffix != ".pt":
+        raise LFMError(f"the adapted model is a model file: name it *.pt, got {out.name}")
+    config = AdaptConfig(
+        steps=args.steps,
+        frames=args.frames,
+        holdout=args.holdout,
+        lr=args.lr,
+        parameters=args.parameters,
+        patch_lenslets=args.patch_lenslets,
+    )
+    net = load_model(args.model, device=_device(args.device))
+    recording = Recording(args.inputs)
+    picked = np.unique(np.linspace(0, len(recording) - 1, min(config.frames, len(recording))))
+    frames = np.stack([recording.read(int(i), int(i) + 1)[0] for i in picked.round()])
+    tuned, record = adapt(net, frames, args.background, config, progress=not args.quiet)
+    record["inputs"] = [str(p) for p in args.inputs]
+    record["model"] = str(args.model)
+    save_model(tuned, out, training={**net.training_info, "adaptation": record})
+    if not args.quiet:
+        print(
+            f"adapted on {len(frames)} frames in {record['seconds']:.0f} s: held-out deviance per"
+            f" photon {record['held_out_deviance_before']:.5f} → "
+            f"{record['held_out_deviance_after']:.5f} (step {record['step_kept']} kept);"
+            f" wrote {out}"
+        )
+
+
 def _device(name: str):
     from ._device import resolve_device
 
@@ -571,6 +605,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start again over an existing run")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "adapt",
+        help="fine-tune a trained network on a recording's own light fields (self-supervised)",
+    )
+    p.add_argument("model", help="trained model file (.pt)")
+    p.add_argument("inputs", nargs="+", help="rectified light-field frames (TIFF, HDF5, globs)")
+    p.add_argument("-o", "--output", required=True, help="adapted model file (.pt)")
+    p.add_argument("--steps", type=int, default=50, help="optimiser steps (default 50)")
+    p.add_argument("--frames", type=int, default=32, help="frames used, spread over the input")
+    p.add_argument("--background", type=float, default=0.0, help="counts per pixel")
+    p.add_argument("--holdout", type=float, default=0.2, help="fraction of pixels scored")
+    p.add_argument("--lr", type=float, default=0.005, help="learning rate (prior: lr/10)")
+    p.add_argument("--parameters", choices=("all", "scalars"), default="all")
+    p.add_argument(
+        "--patch-lenslets", type=int, default=0, help="random patches of this side (0: whole)"
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_adapt)
 
     p = sub.add_parser(
         "info", help="describe a PSF bank, a calibration, a microscope file or a preset"

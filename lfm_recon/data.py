@@ -122,6 +122,9 @@ def simulate_dataset(
     density: float = DEFAULT_DENSITY,
     neuropil: float = 0.0,
     processes: int = 0,
+    radius: tuple[float, float] = (3.0, 6.0),
+    brightness: tuple[float, float] = (0.3, 1.0),
+    planes: str = "slab",
     seed: int | None = None,
     batch: int = 8,
     progress: bool = False,
@@ -136,7 +139,8 @@ def simulate_dataset(
         photons, background, read_noise: camera model of
             :meth:`LightFieldOperator.simulate`.
         density: somata per mm³ of the imaged volume.
-        neuropil, processes: passed to :func:`lfm_recon.phantoms.neurons`.
+        neuropil, processes, radius, brightness, planes: passed to
+            :func:`lfm_recon.phantoms.neurons` (µm; relative brightness).
         seed: the set is reproducible from it; sample i draws from
             ``SeedSequence([seed, i])``, so sets with different seeds share
             no sample. None (default) draws a fresh seed from the operating
@@ -183,6 +187,9 @@ def simulate_dataset(
                 n_neurons=n_neurons,
                 neuropil=neuropil,
                 processes=processes,
+                radius=tuple(radius),
+                brightness=tuple(brightness),
+                planes=planes,
                 seed=int(pair[0]),
             )
             for pair in seeds
@@ -237,6 +244,9 @@ def simulate_dataset(
             density=density,
             neuropil=neuropil,
             processes=processes,
+            radius=list(radius),
+            brightness=list(brightness),
+            planes=planes,
             seed=seed,
             n_neurons=n_neurons,
             lfm_recon_version=__version__,

@@ -48,6 +48,7 @@ def neurons(
     processes: int = 0,
     process_radius: float = 0.6,
     margin: float = 0.0,
+    planes: str = "slab",
     seed: int = 0,
 ) -> Phantom:
     """Make a neuron-like volume.
@@ -66,12 +67,14 @@ def neurons(
         processes: thin processes per soma (0 for none).
         process_radius: process tube radius, µm.
         margin: keep soma centres this far (µm) inside the lateral borders.
+        planes: ``"slab"``: each plane is the mean density over its axial
+            slab (halfway to its neighbours); ``"point"``: the density at
+            the plane's depth (thin structures between planes vanish).
         seed: random seed; the same arguments give the same phantom.
 
     Returns:
-        :class:`Phantom` with volume float32 (D, Yv, Xv); each plane is the
-        mean density over its axial slab (halfway to its neighbours), each
-        voxel laterally the density at its centre.
+        :class:`Phantom` with volume float32 (D, Yv, Xv); each plane as
+        ``planes`` says, each voxel laterally the density at its centre.
     """
     depths = np.asarray(depths, dtype=np.float64)
     yv, xv = lateral_shape
@@ -104,7 +107,9 @@ def neurons(
     peak = rng.uniform(*brightness, size=n_neurons)
     # Each plane holds the mean density over its axial slab (so a soma between
     # coarse planes is not lost): render k sub-planes per slab and average.
-    z, k = _axial_samples(depths, voxel_size)
+    if planes not in ("slab", "point"):
+        raise LFMError(f"planes must be 'slab' or 'point', got {planes!r}")
+    z, k = _axial_samples(depths, voxel_size) if planes == "slab" else (depths.copy(), 1)
     volume = np.zeros((z.size, yv, xv), dtype=np.float64)
     tubes = np.zeros_like(volume)  # processes combine by maximum, not by sum
     for c, r, b in zip(centres, radii, peak, strict=True):

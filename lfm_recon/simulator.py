@@ -128,6 +128,8 @@ class SimulationRanges:
                     raise LFMError(f"{source}: {name} must be a pair [low, high], got {value!r}")
                 if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
                     raise LFMError(f"{source}: {name} must hold two numbers, got {value!r}")
+                if name == "processes" and any(v != int(v) for v in value):
+                    raise LFMError(f"{source}: processes must be whole numbers, got {value!r}")
                 value = tuple(int(v) if name == "processes" else float(v) for v in value)
             elif (
                 isinstance(default, float)

@@ -57,7 +57,7 @@ from .operator import LightFieldOperator
 from .solvers import as_background, as_lightfield, threshold
 
 DATA_TERMS = ("gaussian", "poisson")
-PRIORS = ("none", "cnn")
+PRIORS = ("none", "cnn", "unet")
 STARTS = ("auto", "zero", "adjoint", "uniform")
 
 
@@ -70,9 +70,16 @@ class UnfoldedConfig:
         data_term: ``"gaussian"`` (least squares, = ISTA) or ``"poisson"``
             (variance-weighted residual, EM-scaled: = Richardson–Lucy).
         per_depth_step: learn μ per layer *and* depth instead of per layer.
-        prior: ``"none"`` (DESIGN's μ/λ network) or ``"cnn"`` (a learned
-            proximal correction per layer, a 3-layer CNN).
-        prior_channels: feature channels of the CNN prior.
+        prior: ``"none"`` (DESIGN's μ/λ network), ``"cnn"`` (a learned
+            proximal correction per layer, a 3-layer CNN) or ``"unet"`` (a
+            two-scale CNN: a wider field of view for the same depth).
+        prior_channels: feature channels of the prior.
+        tied_prior: one prior shared by all layers, each layer with its own
+            learned gain on it (fewer weights to fit, the same map at every
+            iteration); else one prior per layer.
+        rl_start: Richardson–Lucy iterations (no learned parameters) from
+            the uniform start before the layers: the layers refine an
+            estimate that already explains the light field.
         start: x₀: ``"zero"``, ``"uniform"`` (RL's start: the frame's mean
             signal spread evenly over the voxels), ``"adjoint"`` (a learned
             scaling of Hᵀy, starting at 0) or ``"auto"`` (zero for gaussian,
@@ -91,6 +98,8 @@ class UnfoldedConfig:
     per_depth_step: bool = False
     prior: str = "none"
     prior_channels: int = 16
+    tied_prior: bool = False
+    rl_start: int = 0
     start: str = "auto"
     lam_fraction: float = 0.01
     em_floor: float = 1e-3
@@ -105,8 +114,17 @@ class UnfoldedConfig:
         ):
             if value not in allowed:
                 raise LFMError(f"model {name} must be one of {allowed}, got {value!r}")
-        if not isinstance(self.per_depth_step, bool):
-            raise LFMError(f"per_depth_step must be true or false, got {self.per_depth_step!r}")
+        for name in ("per_depth_step", "tied_prior"):
+            if not isinstance(getattr(self, name), bool):
+                raise LFMError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.rl_start, bool) or not isinstance(self.rl_start, int):
+            raise LFMError(f"rl_start must be a whole number of iterations, got {self.rl_start!r}")
+        if self.rl_start < 0:
+            raise LFMError(f"rl_start must be ≥ 0, got {self.rl_start}")
+        if self.rl_start and self.resolved_start != "uniform":
+            raise LFMError(
+                "rl_start needs the uniform start (start = 'uniform' or 'auto' with poisson)"
+            )
         if not (isinstance(self.lam_fraction, (int, float)) and 0 <= self.lam_fraction < 1):
             raise LFMError(
                 f"lam_fraction must be in [0, 1) (a fraction of λ_max), got {self.lam_fraction!r}"
@@ -192,13 +210,14 @@ class UnfoldedISTA(nn.Module):
         self.register_buffer("lam_scale", torch.tensor(config.lam_fraction * scale, **like))
         if config.resolved_start == "adjoint":
             self.start_scale = nn.Parameter(torch.zeros((), **like))
-        self.priors = (
-            nn.ModuleList(_ProxCNN(d, config.prior_channels) for _ in range(k))
-            if config.prior == "cnn"
-            else None
-        )
-        if self.priors is not None:
+        self.priors = None
+        if config.prior != "none":
+            kind = _ProxCNN if config.prior == "cnn" else _ProxUNet
+            count = 1 if config.tied_prior else k
+            self.priors = nn.ModuleList(kind(d, config.prior_channels) for _ in range(count))
             self.priors.to(**like)
+            if config.tied_prior:  # per-layer gains on the shared prior, starting at 1
+                self.prior_gain = nn.Parameter(torch.ones(k, **like))
         # Not self.to(): that would also cast the operator's bf16 weights.
 
     # --- parameters in physical form -----------------------------------------
@@ -278,6 +297,8 @@ class UnfoldedISTA(nn.Module):
         poisson = cfg.data_term == "poisson"
         tiny = torch.finfo(y.dtype).tiny
         x = self._start(y, b)
+        if cfg.rl_start:
+            x = self._richardson_lucy(x, y, b, weight, cfg.rl_start)
         if poisson:
             # Hᵀw: the sensitivity of each voxel to the pixels that count.
             sens = self._sensitivity(y) if weight is None else op.backproject(weight)
@@ -300,8 +321,23 @@ class UnfoldedISTA(nn.Module):
                 if x is not None:
                     v = x + v
             if self.priors is not None:
-                v = v + self.priors[k](v)
+                if cfg.tied_prior:
+                    v = v + self.prior_gain[k] * self.priors[0](v)
+                else:
+                    v = v + self.priors[k](v)
             x = threshold(v, mu * lams[k].reshape(1, -1, 1, 1))
+        return x
+
+    def _richardson_lucy(self, x, y, b, weight, n: int) -> torch.Tensor:
+        """n plain RL iterations from x (normalised units; pixels weighted)."""
+        op, tiny = self.op, torch.finfo(y.dtype).tiny
+        w = torch.ones_like(y) if weight is None else weight
+        sens = self._sensitivity(y) if weight is None else op.backproject(w)
+        yc = y.clamp_min(0) * w
+        for _ in range(n):
+            predicted = op.project(x) + b
+            ratio = torch.where(predicted > 0, yc / predicted.clamp_min(tiny), 0)
+            x = torch.where(sens > 0, x * op.backproject(ratio) / sens.clamp_min(tiny), 0)
         return x
 
     def _sensitivity(self, y: torch.Tensor) -> torch.Tensor:
@@ -328,7 +364,8 @@ class UnfoldedISTA(nn.Module):
         c = self.config
         return (
             f"n_layers={c.n_layers}, data_term={c.data_term}, per_depth_step={c.per_depth_step},"
-            f" prior={c.prior}, start={c.resolved_start}"
+            f" prior={c.prior}, tied_prior={c.tied_prior}, rl_start={c.rl_start},"
+            f" start={c.resolved_start}"
         )
 
 
@@ -352,6 +389,43 @@ class _ProxCNN(nn.Module):
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         return self.body(v)
+
+
+class _ProxUNet(nn.Module):
+    """A two-scale CNN correction (B, D, Yv, Xv) → (B, D, Yv, Xv): two 3×3
+    convolutions at full resolution, two at half resolution (2×2 mean
+    pooling), the coarse features brought back up and joined with the fine
+    ones, then two more convolutions. It sees about 3× as far as
+    :class:`_ProxCNN` for 4× its cost per voxel. Bias-free (positively
+    homogeneous, so the network stays scale-equivariant); the last layer
+    starts at zero, so the correction starts at zero."""
+
+    def __init__(self, depths: int, channels: int) -> None:
+        super().__init__()
+        c = channels
+
+        def block(cin, cout):
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+                nn.ReLU(),
+            )
+
+        self.fine = block(depths, c)
+        self.coarse = block(c, 2 * c)
+        self.join = nn.Sequential(
+            nn.Conv2d(3 * c, c, 3, padding=1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(c, depths, 3, padding=1, bias=False),
+        )
+        nn.init.zeros_(self.join[-1].weight)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        fine = self.fine(v)
+        coarse = self.coarse(F.avg_pool2d(fine, 2, ceil_mode=True))
+        up = F.interpolate(coarse, size=fine.shape[-2:], mode="nearest")
+        return self.join(torch.cat([fine, up], dim=1))
 
 
 def _interior_ht1(op: LightFieldOperator) -> tuple[torch.Tensor, int]:

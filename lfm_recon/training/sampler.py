@@ -127,43 +127,68 @@ class PatchSampler:
         labelled = [self._draw(rng, [data.labelled]) for _ in range(n_l)]
         unlabeled = [self._draw(rng, data.unlabeled) for _ in range(n_u)]
         return (
-            _stack(_slice(labelled, rank, world), labelled=True),
-            _stack(_slice(unlabeled, rank, world), labelled=False),
+            stack_patches(_slice(labelled, rank, world), labelled=True),
+            stack_patches(_slice(unlabeled, rank, world), labelled=False),
         )
 
     def _draw(self, rng: np.random.Generator, parts: list[FrameSet]) -> dict:
-        """One augmented patch with its weights, from one of ``parts``."""
-        sizes = np.array([len(p) for p in parts])
-        flat = int(rng.integers(sizes.sum()))
-        k = int(np.searchsorted(np.cumsum(sizes), flat, side="right"))
-        part, i = parts[k], flat - int(sizes[:k].sum())
-        y, v = part.y[i], None if part.volumes is None else part.volumes[i]
-        n, s, p, m = self.data.nnum, self.data.s, self.cfg.patch_lenslets, self.margin
-        ny, nx = y.shape[1] // n, y.shape[2] // n
-        if p:
-            i0, j0 = int(rng.integers(ny - p + 1)), int(rng.integers(nx - p + 1))
-            py, px = min(p, ny), min(p, nx)
-        else:
-            i0 = j0 = 0
-            py, px = ny, nx
-        # Lenslets scored on each side: the margin only where the patch is cut.
-        top, left = (m if i0 > 0 else 0), (m if j0 > 0 else 0)
-        bottom = m if i0 + py < ny else 0
-        right = m if j0 + px < nx else 0
-        y = y[:, i0 * n : (i0 + py) * n, j0 * n : (j0 + px) * n]
-        lf_w = _box((py, px), n, top, bottom, left, right)
-        out = {"background": float(part.background[i]), "scale": float(part.scale[i])}
-        code = int(self.codes[int(rng.integers(len(self.codes)))])
-        out["y"] = _augmented(y, code)
-        out["lf_weight"] = _augmented(lf_w, code)
-        if v is not None:
-            v = v[:, i0 * s : (i0 + py) * s, j0 * s : (j0 + px) * s]
-            out["volume"] = _augmented(v, code)
-            out["volume_weight"] = _augmented(_box((py, px), s, top, bottom, left, right), code)
-        return out
+        return draw_patch(
+            rng,
+            parts,
+            self.data.nnum,
+            self.data.s,
+            self.cfg.patch_lenslets,
+            self.margin,
+            self.codes,
+        )
 
 
-def _stack(items: list[dict], labelled: bool) -> Batch | None:
+def draw_patch(
+    rng: np.random.Generator,
+    parts: list[FrameSet],
+    nnum: int,
+    s: int,
+    patch: int,
+    margin: int,
+    codes: list[int],
+) -> dict:
+    """One random patch (side ``patch`` lenslets, 0 = the whole frame) of a
+    random frame of ``parts``, flipped by one of ``codes``, with its weights
+    (margins of ``margin`` lenslets on cut edges): a dict of y (1, Y, X),
+    background, scale, lf_weight and, for labelled frames, volume and
+    volume_weight."""
+    sizes = np.array([len(p) for p in parts])
+    flat = int(rng.integers(sizes.sum()))
+    k = int(np.searchsorted(np.cumsum(sizes), flat, side="right"))
+    part, i = parts[k], flat - int(sizes[:k].sum())
+    y, v = part.y[i], None if part.volumes is None else part.volumes[i]
+    n, p, m = nnum, patch, margin
+    ny, nx = y.shape[1] // n, y.shape[2] // n
+    if p:
+        i0, j0 = int(rng.integers(ny - p + 1)), int(rng.integers(nx - p + 1))
+        py, px = min(p, ny), min(p, nx)
+    else:
+        i0 = j0 = 0
+        py, px = ny, nx
+    # Lenslets scored on each side: the margin only where the patch is cut.
+    top, left = (m if i0 > 0 else 0), (m if j0 > 0 else 0)
+    bottom = m if i0 + py < ny else 0
+    right = m if j0 + px < nx else 0
+    y = y[:, i0 * n : (i0 + py) * n, j0 * n : (j0 + px) * n]
+    lf_w = _box((py, px), n, top, bottom, left, right)
+    out = {"background": float(part.background[i]), "scale": float(part.scale[i])}
+    code = int(codes[int(rng.integers(len(codes)))])
+    out["y"] = _augmented(y, code)
+    out["lf_weight"] = _augmented(lf_w, code)
+    if v is not None:
+        v = v[:, i0 * s : (i0 + py) * s, j0 * s : (j0 + px) * s]
+        out["volume"] = _augmented(v, code)
+        out["volume_weight"] = _augmented(_box((py, px), s, top, bottom, left, right), code)
+    return out
+
+
+def stack_patches(items: list[dict], labelled: bool) -> Batch | None:
+    """The drawn patches as one :class:`Batch` (None for none)."""
     if not items:
         return None
 

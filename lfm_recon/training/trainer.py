@@ -150,6 +150,8 @@ class _Trainer:
         scalars = [net.step_raw, net.threshold_raw]
         if net.config.resolved_start == "adjoint":
             scalars.append(net.start_scale)
+        if net.config.tied_prior and net.priors is not None:
+            scalars.append(net.prior_gain)
         groups = [{"params": scalars, "lr": o.lr}]
         if net.priors is not None:
             groups.append({"params": list(net.priors.parameters()), "lr": o.prior_lr})
