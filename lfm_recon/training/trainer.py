@@ -204,6 +204,7 @@ class _Trainer:
             total=cfg.optim.steps, initial=self.step, desc="train", disable=not self.progress
         )
         epoch_losses: list[dict] = []
+        self._batch_seconds, epoch_start = 0.0, time.perf_counter()
         started = time.perf_counter() - self.elapsed
         stop = False
         while self.step < cfg.optim.steps and not stop:
@@ -215,8 +216,16 @@ class _Trainer:
             stop = processes.broadcast_flag(bool(budget) and self.elapsed >= budget)
             last = self.step == cfg.optim.steps or stop
             if self.step % cfg.steps_per_epoch == 0 or last:
-                self._end_epoch(epoch_losses, bar)
+                # Where a step's time goes: drawing the batch (host side,
+                # simulation included) against the whole step.
+                n = len(epoch_losses)
+                timing = {
+                    "seconds_per_step": (time.perf_counter() - epoch_start) / n,
+                    "batch_seconds_per_step": self._batch_seconds / n,
+                }
+                self._end_epoch(epoch_losses, bar, timing)
                 epoch_losses = []
+                self._batch_seconds, epoch_start = 0.0, time.perf_counter()
             if self.step % cfg.checkpoint_every == 0 or last:
                 self.folder.save_checkpoint(self._checkpoint_state())
         bar.close()
@@ -231,7 +240,9 @@ class _Trainer:
             group["lr"] = base * factor
         if self.adversary is not None:
             self.adversary.set_learning_rate(factor)
+        drawn = time.perf_counter()
         batch = self.batches.batch(self.step, processes)
+        self._batch_seconds += time.perf_counter() - drawn
         c = batch.scale
         with self._precision():
             x = self.model(batch.y, batch.background, scale=c, weight=batch.data_weight)
@@ -282,11 +293,12 @@ class _Trainer:
         )
 
     # --- epochs, files -----------------------------------------------------------------
-    def _end_epoch(self, epoch_losses: list[dict], bar) -> None:
+    def _end_epoch(self, epoch_losses: list[dict], bar, timing: dict) -> None:
         if not self.processes.main:
             self.processes.barrier()
             return
         record = {"step": self.step, "seconds": round(self.elapsed, 2)}
+        record.update({k: round(v, 4) for k, v in timing.items()})
         for key in sorted({k for d in epoch_losses for k in d}):
             record[f"loss_{key}"] = float(np.mean([d[key] for d in epoch_losses if key in d]))
         val = self.validator(self.net, self._precision())
