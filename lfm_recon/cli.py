@@ -259,6 +259,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
         precision=args.precision,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        pyramid=args.pyramid,
         n_iter=args.iterations,
         lam_fraction=args.lam,
         rho=args.rho,
@@ -520,8 +521,17 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         required=True,
-        help="out.h5 (T, D, Y, X), out.tif (one ImageJ hyperstack) or a folder name (one"
-        " ImageJ TIFF per frame)",
+        help="out.h5 (T, D, Y, X), out.tif (one ImageJ hyperstack), out.ome.zarr (OME-Zarr;"
+        " needs the zarr extra) or a folder name (one ImageJ TIFF per frame); written in place,"
+        " frame by frame",
+    )
+    p.add_argument(
+        "--pyramid",
+        type=int,
+        default=1,
+        metavar="LEVELS",
+        help="OME-Zarr: resolution levels for viewing, each halving Y and X (default 1: full"
+        " resolution only)",
     )
     _add_solver_options(p, with_net=True)
     p.add_argument(
