@@ -18,7 +18,7 @@ from recordings import OUTPUTS, T, make_recording, read_back
 
 from lfm_recon import LFMError, LightFieldOperator
 from lfm_recon.cli import main
-from lfm_recon.pipeline import Reconstructor, read_volumes, reconstruct, reconstruct_files
+from lfm_recon.pipeline import read_volumes, reconstruct, reconstruct_files
 from lfm_recon.pipeline import run as pipeline_run
 from lfm_recon.pipeline.lock import OutputLock
 
@@ -270,10 +270,10 @@ import os, sys
 from lfm_recon import LFMError
 from lfm_recon.cli import main
 if os.environ["RANK"] == "1":
-    import lfm_recon.pipeline.run as run
+    from lfm_recon.recording import Recording
     def fail(*args):
         raise LFMError("simulated read failure")
-    run._load = fail
+    Recording.read = fail
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -384,6 +384,8 @@ def test_reconstructor_returns_float32_whatever_the_batch(recording, small_bank,
     y = torch.from_numpy(frames[:3]).double()[:, None]
     if empty:
         y[1] = 0
+    from lfm_recon.reconstruct import Reconstructor  # where it has always been
+
     x = Reconstructor(op, "rl", background=5.0, n_iter=3)(y)
     assert x.dtype == torch.float32 and x.shape == (3, *op.volume_shape((6, 7)))
     assert bool((x[1] == 0).all()) == empty
