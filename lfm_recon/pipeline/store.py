@@ -146,9 +146,15 @@ class RunFolder:
         shutil.rmtree(trash, ignore_errors=True)
 
     def sweep(self) -> None:
-        """Remove what killed runs left while removing their folders."""
-        for leftover in self.path.parent.glob(f".{self.path.name}.removed-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        """Remove what killed runs left beside the output: run folders being
+        removed, outputs being laid out (call only while holding the lock)."""
+        parent = self.path.parent
+        for pattern in (f".{self.path.name}.removed-*", f".{self.output.name}.tmp-*"):
+            for leftover in parent.glob(pattern):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
 
 
 def _read_json(path: Path):

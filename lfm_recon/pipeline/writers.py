@@ -35,6 +35,7 @@ import io
 import json
 import os
 import shutil
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,7 +328,11 @@ class TiffWriter(_OffsetWriter):
         import tifffile
 
         shape = (self.spec.frames, *self.spec.volume_shape)
-        m = tifffile.memmap(target, shape=shape, dtype="float32", **self._options())
+        with warnings.catch_warnings():
+            # Over 4 GB tifffile keeps one page entry (ImageJ's contiguous
+            # variant, read by Fiji and tifffile) and says so: expected here.
+            warnings.filterwarnings("ignore", message=".*truncating ImageJ file")
+            m = tifffile.memmap(target, shape=shape, dtype="float32", **self._options())
         offset = int(m.offset)
         del m
         return offset
