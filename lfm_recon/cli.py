@@ -10,6 +10,7 @@ warning:`` line on stderr, and the command goes on.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -265,6 +266,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
         rho=args.rho,
         prior=args.prior,
     )
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 speaks for the run
     if not args.quiet and report.output.exists():
         rate = report.volumes_per_second
         its = report.parameters.get("iterations")

@@ -389,3 +389,13 @@ def test_reconstructor_returns_float32_whatever_the_batch(recording, small_bank,
     x = Reconstructor(op, "rl", background=5.0, n_iter=3)(y)
     assert x.dtype == torch.float32 and x.shape == (3, *op.volume_shape((6, 7)))
     assert bool((x[1] == 0).all()) == empty
+
+
+def test_ome_zarr_without_zarr_says_how_to_install(recording, tmp_path, monkeypatch, capsys):
+    root, _, _ = recording
+    monkeypatch.setitem(sys.modules, "zarr", None)  # import zarr now fails
+    argv = ["reconstruct", str(root / "series.tif"), "--psf", str(root / "bank.h5")]
+    assert main([*argv, "-q", "-o", str(tmp_path / "v.ome.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'lfm_recon[zarr]'" in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())

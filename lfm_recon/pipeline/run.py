@@ -44,7 +44,7 @@ from .lock import OutputLock
 from .qc import flag, frame_qc
 from .reconstructor import Reconstructor, check_batch, load_reconstructor
 from .store import QC_FIELDS, Marker, RunFolder
-from .writers import Damaged, OutputSpec, Writer, make_writer, output_kind
+from .writers import Damaged, OutputSpec, Writer, make_writer, output_kind, zarr_package
 
 
 @dataclass
@@ -126,6 +126,8 @@ def reconstruct_files(
         raise LFMError(f"pyramid must be a positive number of levels, got {pyramid!r}")
     if pyramid > 1 and kind != "zarr":
         raise LFMError(f"--pyramid is for OME-Zarr outputs (.ome.zarr), not {output.name}")
+    if kind == "zarr":
+        zarr_package()  # a clear error before anything is loaded when zarr is absent
     if not output.parent.is_dir():
         raise LFMError(f"output folder {output.parent} does not exist")
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
@@ -355,8 +357,8 @@ class _Run:
             if self.output.exists():
                 self.writer.remove()
         self.folder.create(manifest)
-        self._lay_out()
         self.created = True
+        self._lay_out()
 
     def _lay_out(self) -> None:
         for marker in self.folder.markers()[0]:  # nothing of an output laid out anew is done

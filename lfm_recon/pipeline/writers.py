@@ -454,7 +454,7 @@ class ZarrWriter(Writer):
 
     def __init__(self, path: Path, spec: OutputSpec) -> None:
         super().__init__(path, spec)
-        _zarr()  # a clear error before anything is written when zarr is absent
+        zarr_package()  # a clear error before anything is written when zarr is absent
         self.arrays: list = []
 
     def attributes(self, complete: bool = False, qc: dict | None = None, sources=None) -> dict:
@@ -503,7 +503,7 @@ class ZarrWriter(Writer):
         return {"multiscales": [multiscale], "lfm_recon": own}
 
     def _layout(self, target: Path) -> None:
-        zarr = _zarr()
+        zarr = zarr_package()
         root = zarr.open_group(str(target), mode="w", zarr_format=2)
         for k in range(self.spec.pyramid):
             shape = self.spec.level_shape(k)
@@ -531,7 +531,7 @@ class ZarrWriter(Writer):
         return {}
 
     def open(self) -> None:
-        zarr = _zarr()
+        zarr = zarr_package()
         try:
             self.arrays = [
                 zarr.open_array(str(self.path / str(k)), mode="r+")
@@ -623,7 +623,8 @@ class ZarrWriter(Writer):
         _write_json_file(self.path / ".zattrs", self.attributes(True, qc, sources), durable=True)
 
 
-def _zarr():
+def zarr_package():
+    """The zarr module, or an LFMError saying how to install it."""
     try:
         import zarr
     except ImportError:
