@@ -1,7 +1,7 @@
 """lfm_recon: light-field microscope snapshots to 3-D fluorescence volumes.
 
 Conventions: lengths in µm; light fields (B, 1, Y, X); volumes (B, D, Yv, Xv);
-PSF kernels (D, s, s, K, K); z > 0 farther from the objective. See DESIGN.md.
+PSF kernels (D, s, s, K, K); z > 0 farther from the objective. See docs/design.md.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -3,7 +3,6 @@ with checks of existence, readability, format name and version."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ._durable import replacing
 from .errors import LFMError
 
 
@@ -32,17 +32,12 @@ def file_format(path: Path) -> str | None:
 @contextmanager
 def atomic_write(path: Path, fmt: str, version: int) -> Iterator[h5py.File]:
     """Write an HDF5 file under a temporary name, then rename it onto
-    ``path``: an interrupted write never leaves a half file there."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = fmt
-            f.attrs["format_version"] = version
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    ``path`` durably (:func:`lfm_recon._durable.replacing`): an interrupted
+    write or a power loss never leaves a half file there."""
+    with replacing(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = fmt
+        f.attrs["format_version"] = version
+        yield f
 
 
 @contextmanager

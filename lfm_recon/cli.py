@@ -10,6 +10,7 @@ warning:`` line on stderr, and the command goes on.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -260,11 +261,14 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
         precision=args.precision,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        pyramid=args.pyramid,
         n_iter=args.iterations,
         lam_fraction=args.lam,
         rho=args.rho,
         prior=args.prior,
     )
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 speaks for the run
     if not args.quiet and report.output.exists():
         rate = report.volumes_per_second
         its = report.parameters.get("iterations")
@@ -561,8 +565,17 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         required=True,
-        help="out.h5 (T, D, Y, X), out.tif (one ImageJ hyperstack) or a folder name (one"
-        " ImageJ TIFF per frame)",
+        help="out.h5 (T, D, Y, X), out.tif (one ImageJ hyperstack), out.ome.zarr (OME-Zarr;"
+        " needs the zarr extra) or a folder name (one ImageJ TIFF per frame); written in place,"
+        " frame by frame",
+    )
+    p.add_argument(
+        "--pyramid",
+        type=int,
+        default=1,
+        metavar="LEVELS",
+        help="OME-Zarr: resolution levels for viewing, each halving Y and X (default 1: full"
+        " resolution only)",
     )
     _add_solver_options(p, with_net=True)
     p.add_argument(

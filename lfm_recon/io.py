@@ -4,7 +4,8 @@ Volumes are written as ImageJ hyperstacks with their voxel size (lateral
 pixels per µm as the resolution, the depth step as ``spacing``, unit µm), so
 Fiji and napari open them at the right scale; each slice is labelled with its
 depth. Writes are atomic: a temporary file in the same folder is renamed
-into place, so a crash never leaves half a file under the final name.
+into place, so a crash never leaves half a file under the final name (and the data is
+fsynced before the rename, so neither does a power loss).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from ._durable import durable_replace
 from .errors import LFMError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -86,16 +88,27 @@ def write_volume_tiff(
     volume = np.asarray(volume, dtype=np.float32)
     if volume.ndim not in (3, 4):
         raise LFMError(f"volume must be (D, Yv, Xv) or (T, D, Yv, Xv), got {volume.shape}")
+    with _atomic(Path(path)) as tmp:
+        tifffile.imwrite(tmp, volume, **imagej_options(volume.shape, voxel_size, depths))
+
+
+def imagej_options(shape: tuple[int, ...], voxel_size: tuple[float, float], depths=None) -> dict:
+    """tifffile keywords for a float32 ImageJ hyperstack of ``shape``
+    (D, Yv, Xv) or (T, D, Yv, Xv): voxel size (lateral, axial) µm as the
+    resolution and ``spacing``, unit µm, one "z = … µm" label per slice,
+    little-endian. Shared by every writer of volume TIFFs."""
     lateral, axial = (float(v) for v in voxel_size)
-    axes = "ZYX" if volume.ndim == 3 else "TZYX"
+    axes = "ZYX" if len(shape) == 3 else "TZYX"
     metadata = {"spacing": axial if axial > 0 else 1.0, "unit": "um", "axes": axes}
     if depths is not None:
         labels = [f"z = {float(z):g} µm" for z in depths]
-        metadata["Labels"] = labels * (volume.shape[0] if volume.ndim == 4 else 1)
-    with _atomic(Path(path)) as tmp:
-        tifffile.imwrite(
-            tmp, volume, imagej=True, resolution=(1 / lateral, 1 / lateral), metadata=metadata
-        )
+        metadata["Labels"] = labels * (shape[0] if len(shape) == 4 else 1)
+    return {
+        "imagej": True,
+        "resolution": (1 / lateral, 1 / lateral),
+        "metadata": metadata,
+        "byteorder": "<",
+    }
 
 
 def read_volume_tiff(path: str | Path) -> tuple[np.ndarray, tuple[float, float]]:
@@ -111,7 +124,8 @@ def read_volume_tiff(path: str | Path) -> tuple[np.ndarray, tuple[float, float]]
 
 class _atomic:
     """Context manager giving a temporary path next to ``path``; renamed onto
-    ``path`` on success, removed on failure."""
+    ``path`` durably on success (data and folder entry fsynced), removed on
+    failure."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -128,6 +142,6 @@ class _atomic:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            os.replace(self.tmp, self.path)
+            durable_replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)

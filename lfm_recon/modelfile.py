@@ -16,12 +16,12 @@ Using a model with another PSF bank is an error, never a silent wrong answer.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from . import __version__
+from ._durable import replacing
 from .errors import LFMError
 from .microscope import Microscope
 from .operator import LightFieldOperator
@@ -37,8 +37,9 @@ OLDEST_READABLE = 2
 
 
 def save_model(net: UnfoldedISTA, path: str | Path, *, training: dict | None = None) -> Path:
-    """Write ``net`` and its PSF bank to ``path`` atomically (temporary file,
-    then rename). ``training``: JSON-like run information to keep with it."""
+    """Write ``net`` and its PSF bank to ``path`` atomically and durably
+    (temporary file, fsync, rename, fsync of the folder).
+    ``training``: JSON-like run information to keep with it."""
     if not isinstance(net, UnfoldedISTA):
         raise LFMError(f"save_model needs an UnfoldedISTA, got {type(net).__name__}")
     bank = net.op.bank
@@ -64,13 +65,8 @@ def save_model(net: UnfoldedISTA, path: str | Path, *, training: dict | None = N
     path = Path(path)
     if not path.parent.is_dir():
         raise LFMError(f"output folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with replacing(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -14,33 +14,20 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from recordings import T, make_recording
 
-from lfm_recon import LFMError, LightFieldOperator, UnfoldedISTA
+from lfm_recon import LFMError
 from lfm_recon.cli import main
-from lfm_recon.data import simulate_dataset
 from lfm_recon.metrics import reprojection_residual
-from lfm_recon.modelfile import save_model
-from lfm_recon.reconstruct import _PartStore, read_volumes, reconstruct, reconstruct_files
-
-T = 12  # frames in the test recording
+from lfm_recon.pipeline import run as pipeline_run
+from lfm_recon.pipeline import writers
+from lfm_recon.reconstruct import read_volumes, reconstruct, reconstruct_files
 
 
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory, small_bank):
     """A 12-frame multi-page TIFF series (uint16 counts), the bank, a model."""
-    root = tmp_path_factory.mktemp("recording")
-    small_bank.save(root / "bank.h5")
-    data = simulate_dataset(small_bank, 0, T, lenslets=(6, 7), background=5.0, seed=5)
-    frames = np.round(data.unlabeled[:, 0]).astype(np.uint16)
-    tifffile.imwrite(root / "series.tif", frames)
-    op = LightFieldOperator(small_bank)
-    net = UnfoldedISTA(op, 4, prior="cnn")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
-    save_model(net, root / "model.pt")
-    return root, frames.astype(np.float32), net
+    return make_recording(tmp_path_factory.mktemp("recording"), small_bank)
 
 
 def test_tiff_series_to_h5_and_tiffs_equals_the_api(recording, small_bank, tmp_path):
@@ -69,7 +56,11 @@ def test_tiff_series_to_h5_and_tiffs_equals_the_api(recording, small_bank, tmp_p
     np.testing.assert_allclose(info["qc"]["residual"], residual, rtol=1e-4)
     assert info["qc"]["max"] == pytest.approx(volumes.max(axis=(1, 2, 3)), rel=1e-6)
     with h5py.File(tmp_path / "vol.h5", "r") as f:
-        assert f["volumes"].chunks == (1, 3, 18, 21)
+        # Laid out for writing in place: one contiguous extent, frame after
+        # frame, at the end of the file.
+        d = f["volumes"]
+        assert d.chunks is None and d.dtype == np.dtype("<f4")
+        assert d.id.get_offset() + d.size * 4 == (tmp_path / "vol.h5").stat().st_size
     # One ImageJ hyperstack
     reconstruct_files(
         [root / "series.tif"],
@@ -178,12 +169,14 @@ def test_sigkill_then_resume_gives_the_uninterrupted_output(recording, tmp_path)
     proc = subprocess.Popen(_cli(*argv, "-o", out), env=env)
     partial = tmp_path / "killed.h5.partial"
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(partial.glob("part-*.h5"))) < 2:
+    while time.time() < deadline and len(list(partial.glob("done/*.json"))) < 2:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    before = {p.name: p.stat().st_mtime_ns for p in partial.glob("part-*.h5")}
-    assert 2 <= len(before) < T // 2 and not out.exists()
+    before = {p.name: p.stat().st_mtime_ns for p in partial.glob("done/*.json")}
+    assert 2 <= len(before) < T // 2
+    with pytest.raises(LFMError, match="unfinished"):
+        read_volumes(out)
     # The unfinished run is kept; frames done before the kill are not computed again.
     resumed = subprocess.run(
         _cli(*[a for a in argv if a != "-q"], "-o", out), env=env, capture_output=True, text=True
@@ -202,22 +195,21 @@ def test_sigkill_then_resume_gives_the_uninterrupted_output(recording, tmp_path)
 def test_full_disk_keeps_finished_frames(recording, tmp_path, monkeypatch):
     root, _, _ = recording
     kwargs = dict(psf=root / "bank.h5", method="rl", n_iter=4, background=5.0, batch=3)
-    real_file = h5py.File
+    real_pwrite = writers._pwrite
     calls = {"n": 0}
 
-    def file_on_a_disk_that_fills(name, mode="r", *args, **kw):
-        if mode == "w" and ".part-" in str(name):
-            calls["n"] += 1
-            if calls["n"] > 2:
-                raise OSError(errno.ENOSPC, "No space left on device")
-        return real_file(name, mode, *args, **kw)
+    def pwrite_on_a_disk_that_fills(fd, data, offset):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
 
-    monkeypatch.setattr(h5py, "File", file_on_a_disk_that_fills)
+    monkeypatch.setattr(writers, "_pwrite", pwrite_on_a_disk_that_fills)
     with pytest.raises(LFMError, match=r"disk is full.*frames already written are kept"):
         reconstruct_files([root / "series.tif"], tmp_path / "v.h5", progress=False, **kwargs)
-    monkeypatch.setattr(h5py, "File", real_file)
+    monkeypatch.setattr(writers, "_pwrite", real_pwrite)
     partial = tmp_path / "v.h5.partial"
-    assert len(list(partial.glob("part-*.h5"))) == 2 and not list(partial.glob(".part-*"))
+    assert len(list(partial.glob("done/*.json"))) == 2 and not list(partial.glob("done/.*"))
     report = reconstruct_files([root / "series.tif"], tmp_path / "v.h5", progress=False, **kwargs)
     assert report.computed == T - 6
     reconstruct_files([root / "series.tif"], tmp_path / "ref.h5", progress=False, **kwargs)
@@ -234,11 +226,11 @@ def test_unfinished_run_with_other_settings(recording, tmp_path, monkeypatch):
         real(self, a, b, volumes, qc)
         raise KeyboardInterrupt
 
-    real = _PartStore._write_part
-    monkeypatch.setattr(_PartStore, "_write_part", fail_after_first)
+    real = pipeline_run._Run._write
+    monkeypatch.setattr(pipeline_run._Run, "_write", fail_after_first)
     with pytest.raises(KeyboardInterrupt):
         reconstruct_files([root / "series.tif"], tmp_path / "v.h5", n_iter=3, **kwargs)
-    monkeypatch.setattr(_PartStore, "_write_part", real)
+    monkeypatch.setattr(pipeline_run._Run, "_write", real)
     with pytest.raises(LFMError, match=r"unfinished run with other settings.*iterations"):
         reconstruct_files([root / "series.tif"], tmp_path / "v.h5", n_iter=5, **kwargs)
     report = reconstruct_files(

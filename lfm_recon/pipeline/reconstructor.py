@@ -1,0 +1,248 @@
+"""The per-batch reconstructor and the array API.
+
+* :class:`Reconstructor` — light fields (B, 1, Y, X) → volumes (B, D, Yv, Xv)
+  by one method ("net" or a solver) with its options.
+* :func:`load_reconstructor` — the one place where a model file or PSF bank
+  is loaded and the :class:`Reconstructor` built (with the provenance that
+  goes into every output).
+* :func:`reconstruct` — frames held in memory → volumes (the per-frame API).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import LFMError
+from ..operator import LightFieldOperator
+from ..psf.bank import PSFBank
+from ..recording import file_sha256
+from ..solvers import DEFAULT_ITERATIONS, DEFAULT_LAMBDA_FRACTION, METHODS, solve
+from ..unfolded import UnfoldedISTA
+
+ALL_METHODS = ("net", *METHODS)
+PRECISIONS = {"fp32": "exact", "tf32": "tf32", "bf16": "bf16"}
+
+
+class Reconstructor:
+    """Light fields (B, 1, Y, X) → volumes (B, D, Yv, Xv) by one method.
+
+    Args:
+        model_or_op: an :class:`~lfm_recon.unfolded.UnfoldedISTA` (any
+            method; "net" needs it) or a :class:`LightFieldOperator`.
+        method: "net" or a solver of :data:`lfm_recon.solvers.METHODS`.
+        background: counts per pixel (≥ 0), a number.
+        n_iter, lam_fraction, rho, prior: the solvers' (see
+            :func:`lfm_recon.solvers.solve`); ignored by "net".
+
+    Calling it returns float32 volumes in photons per voxel on the
+    operator's device, whatever the operator's dtype. Frames without signal
+    (all ≤ background) give a zero volume (the solvers would refuse them;
+    one dark frame must not stop a recording).
+    """
+
+    def __init__(
+        self,
+        model_or_op,
+        method: str = "net",
+        *,
+        background: float = 0.0,
+        n_iter: int | None = None,
+        lam_fraction: float = DEFAULT_LAMBDA_FRACTION,
+        rho: float | None = None,
+        prior: str = "l1",
+    ) -> None:
+        if method not in ALL_METHODS:
+            raise LFMError(f"method must be one of {', '.join(ALL_METHODS)}, got {method!r}")
+        if isinstance(model_or_op, UnfoldedISTA):
+            self.net, self.op = model_or_op, model_or_op.op
+        elif isinstance(model_or_op, LightFieldOperator):
+            self.net, self.op = None, model_or_op
+        else:
+            raise LFMError(
+                "reconstruct needs a trained model (UnfoldedISTA) or a LightFieldOperator,"
+                f" got {type(model_or_op).__name__}"
+            )
+        if method == "net" and self.net is None:
+            raise LFMError("method 'net' needs a trained model (--model); the PSF alone is not one")
+        if not (math.isfinite(background) and background >= 0):
+            raise LFMError(f"background must be a finite number ≥ 0 of counts, got {background}")
+        self.method, self.background = method, float(background)
+        self.n_iter = None if method == "net" else _iterations(n_iter, method)
+        _check_solver_options(lam_fraction, rho, prior)
+        self.options = {"lam_fraction": lam_fraction, "rho": rho, "prior": prior}
+
+    def parameters(self) -> dict:
+        """What determines the result (for provenance and resume checks)."""
+        p = {"method": self.method, "background": self.background}
+        if self.method != "net":
+            p["iterations"] = self.n_iter
+            if self.method in ("fista", "admm"):
+                p["lam_fraction"] = self.options["lam_fraction"]
+            if self.method == "admm":
+                p["rho"], p["prior"] = self.options["rho"], self.options["prior"]
+        return p
+
+    @torch.no_grad()
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, 1, Y, X) counts → float32 (B, D, Yv, Xv) photons per voxel."""
+        op = self.op
+        y = y.to(device=op.device, dtype=op.dtype)
+        signal = (y - self.background).clamp_min(0).flatten(1).sum(dim=1) > 0
+        # float32 always: the dtype must not depend on whether a batch holds a
+        # dark frame (the zeros) or not (the method's own output dtype).
+        out = torch.zeros(
+            (len(y), *op.volume_shape(_lenslets(op, y))), device=op.device, dtype=torch.float32
+        )
+        if not bool(signal.any()):
+            return out
+        keep = torch.nonzero(signal).flatten()
+        ys = y if bool(signal.all()) else y[keep]
+        if self.method == "net":
+            x = self.net(ys, self.background)
+        else:
+            x = solve(op, ys, self.method, self.n_iter, background=self.background, **self.options)
+        if bool(signal.all()):
+            return x.to(torch.float32)
+        out[keep] = x.to(torch.float32)
+        return out
+
+
+def _iterations(n_iter, method: str) -> int:
+    if n_iter is None:
+        return DEFAULT_ITERATIONS[method]
+    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
+        raise LFMError(f"iterations (n_iter) must be a positive integer, got {n_iter!r}")
+    return n_iter
+
+
+def _check_solver_options(lam_fraction, rho, prior) -> None:
+    """The solvers' options, checked before any file is touched."""
+    from ..solvers import PRIORS
+
+    if not (isinstance(lam_fraction, (int, float)) and math.isfinite(lam_fraction)):
+        raise LFMError(f"λ fraction must be finite and ≥ 0, got {lam_fraction}")
+    if lam_fraction < 0:
+        raise LFMError(f"λ fraction must be finite and ≥ 0, got {lam_fraction}")
+    if rho is not None and not (math.isfinite(rho) and rho > 0):
+        raise LFMError(f"rho must be a positive number, got {rho}")
+    if prior not in PRIORS:
+        raise LFMError(f"prior must be one of {PRIORS}, got {prior!r}")
+
+
+def _lenslets(op: LightFieldOperator, y: torch.Tensor) -> tuple[int, int]:
+    return y.shape[-2] // op.nnum, y.shape[-1] // op.nnum
+
+
+def check_batch(batch) -> None:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise LFMError(f"batch must be a positive integer, got {batch!r}")
+
+
+def load_reconstructor(
+    model: str | Path | None,
+    psf: str | Path | None,
+    method: str,
+    background: float,
+    device: torch.device,
+    precision: str = "fp32",
+    options: dict | None = None,
+) -> tuple[Reconstructor, dict]:
+    """Load the network (``model``) or the PSF bank (``psf``) and build the
+    :class:`Reconstructor`: the one place where that happens for files.
+
+    Args:
+        model: a model file (``lfm-recon train``) or None.
+        psf: a PSF bank file or None; with ``model`` it must be the model's.
+        method: "net" or a solver name.
+        background: counts per pixel.
+        device: where the operator (and network) run.
+        precision: "fp32", or "tf32"/"bf16" on CUDA.
+        options: n_iter, lam_fraction, rho, prior for the solvers.
+
+    Returns:
+        The reconstructor and the provenance it determines (method and
+        parameters, PSF/model hashes, voxel size (lateral, axial) µm and
+        depths µm).
+    """
+    from ..modelfile import load_model
+
+    compute = PRECISIONS.get(precision)
+    if compute is None:
+        raise LFMError(f"precision must be fp32, tf32 or bf16, got {precision!r}")
+    if compute != "exact" and device.type != "cuda":
+        raise LFMError(f"precision {precision} needs a CUDA device; use fp32 on the CPU")
+    if model is None and psf is None:
+        raise LFMError("give --model (a trained network) or --psf (a PSF bank for the solvers)")
+    bank = None if psf is None else PSFBank.load(psf)
+    provenance: dict = {"psf_sha256": None, "model_sha256": None}
+    if model is not None:
+        net = load_model(model, bank=bank, device=device, compute=compute)
+        target = net
+        provenance["model_sha256"] = file_sha256(model)
+        provenance["psf_sha256"] = net.op.bank_sha256
+    else:
+        target = LightFieldOperator(bank, device=device, compute=compute)
+        provenance["psf_sha256"] = bank.sha256
+    fn = Reconstructor(target, method, background=background, **(options or {}))
+    provenance.update(fn.parameters())
+    provenance["voxel_size_um"] = list(fn.op.voxel_size)
+    provenance["depths_um"] = list(fn.op.depths)
+    return fn, provenance
+
+
+def reconstruct(
+    frames,
+    model_or_op,
+    method: str = "net",
+    *,
+    background: float = 0.0,
+    batch: int = 8,
+    calibration=None,
+    progress: bool = False,
+    **options,
+) -> np.ndarray:
+    """Reconstruct light-field frames held in memory.
+
+    Args:
+        frames: (Y, X), (T, Y, X) or (T, 1, Y, X) counts (array or tensor):
+            rectified light fields, or raw camera frames with ``calibration``.
+        model_or_op: a trained :class:`~lfm_recon.unfolded.UnfoldedISTA` or a
+            :class:`~lfm_recon.LightFieldOperator`.
+        method: "net" or a solver name (see :class:`Reconstructor`).
+        background: counts per pixel.
+        batch: frames per batch.
+        calibration: a :class:`~lfm_recon.calibration.Calibration` for raw frames.
+        options: n_iter, lam_fraction, rho, prior for the solvers.
+
+    Returns:
+        float32 (T, D, Yv, Xv) volumes in photons per voxel ((D, Yv, Xv) for
+        one 2-D frame).
+    """
+    fn = Reconstructor(model_or_op, method, background=background, **options)
+    a = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    single = a.ndim == 2
+    if a.ndim == 4 and a.shape[1] == 1:
+        a = a[:, 0]
+    if single:
+        a = a[None]
+    if a.ndim != 3:
+        raise LFMError(f"frames must be (Y, X), (T, Y, X) or (T, 1, Y, X), got {a.shape}")
+    check_batch(batch)
+    if calibration is not None:
+        from ..calibration import check_bank
+
+        check_bank(calibration, fn.op.bank)
+    out = []
+    for start in tqdm(range(0, len(a), batch), disable=not progress, desc="reconstruct"):
+        y = a[start : start + batch].astype(np.float32)
+        if calibration is not None:
+            y = calibration.apply(y)
+        y = torch.from_numpy(np.ascontiguousarray(y))[:, None]
+        out.append(fn(y).cpu().numpy())
+    volumes = np.concatenate(out)
+    return volumes[0] if single else volumes
