@@ -262,6 +262,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         progress=not args.quiet,
         pyramid=args.pyramid,
+        adapt=args.adapt,
+        guard=args.guard,
         n_iter=args.iterations,
         lam_fraction=args.lam,
         rho=args.rho,
@@ -576,6 +578,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LEVELS",
         help="OME-Zarr: resolution levels for viewing, each halving Y and X (default 1: full"
         " resolution only)",
+    )
+    p.add_argument(
+        "--adapt",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="net: first adapt the network to this recording's own frames for STEPS steps"
+        " (self-supervised; recorded in the provenance)",
+    )
+    p.add_argument(
+        "--guard",
+        choices=("warn", "fallback", "off"),
+        default="warn",
+        help="net: compare with RL on 3 frames and warn if the network explains them much"
+        " worse (fallback: then use RL) (default warn)",
     )
     _add_solver_options(p, with_net=True)
     p.add_argument(

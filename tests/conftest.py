@@ -16,3 +16,14 @@ def reference() -> Microscope:
 def small_bank(reference):
     """Three depths, s = 3: quick to build, still off-axis and defocused."""
     return generate_psf(reference, np.array([-20.0, 0.0, 20.0]), 3)
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port free on this machine now, for torchrun's rendezvous (a
+    fixed port collides with other test runs on the same machine)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

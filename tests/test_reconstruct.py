@@ -244,7 +244,7 @@ def test_unfinished_run_with_other_settings(recording, tmp_path, monkeypatch):
 
 
 # --- torchrun -------------------------------------------------------------------------------
-def test_torchrun_two_processes_match_one(recording, tmp_path):
+def test_torchrun_two_processes_match_one(recording, tmp_path, free_port):
     root, _, _ = recording
     argv = [
         "reconstruct",
@@ -267,7 +267,7 @@ def test_torchrun_two_processes_match_one(recording, tmp_path):
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        "--master_port=29531",
+        f"--master_port={free_port}",
         "-m",
         "lfm_recon.cli",
     ]

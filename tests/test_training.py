@@ -110,9 +110,7 @@ def test_config_file_round_trip(workspace):
         pytest.param(
             ("batch_size = 2", "batch_size = 0"), "data.batch_size must be ≥ 1", id="batch"
         ),
-        pytest.param(
-            ('train = "data.h5"', ""), r"no light fields to learn from", id="no-train"
-        ),
+        pytest.param(('train = "data.h5"', ""), r"no light fields to learn from", id="no-train"),
         pytest.param(("[optim]", "[optim]\n[optim.extra]"), "unknown key", id="nested-table"),
         pytest.param(
             ("n_layers = 3", 'n_layers = 3\ndata_term = "poisson"\nstart = "zero"'),
@@ -363,7 +361,7 @@ with open(f"{sys.argv[2]}-result-{rank}.json", "w") as fh:
 """
 
 
-def test_torchrun_two_processes_match_one(workspace):
+def test_torchrun_two_processes_match_one(workspace, free_port):
     """2 processes (gloo) with half the batch each = 1 process with the whole batch."""
     script = workspace / "train_script.py"
     script.write_text(textwrap.dedent(SCRIPT))
@@ -375,7 +373,7 @@ def test_torchrun_two_processes_match_one(workspace):
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        "--master_port=29517",
+        f"--master_port={free_port}",
     ]
     done = subprocess.run(
         [*run, str(script), str(cfg_path), str(workspace / "run-ddp")],

@@ -194,3 +194,61 @@ def test_adapt_cli_writes_a_model_that_records_it(tmp_path, small_bank, frames):
     odd = ["adapt", str(tmp_path / "model.pt"), str(tmp_path / "odd.tif"), "-o"]
     assert main([*odd, str(tmp_path / "odd.pt"), "-q"]) == 2
     assert not (tmp_path / "odd.pt").exists()
+
+
+# --- the pipeline: --adapt and the guard -------------------------------------------------
+def test_reconstruct_adapt_equals_adapting_then_reconstructing(tmp_path, small_bank, frames):
+    """reconstruct_files(adapt=N) = adapt() on the same frames, then the
+    network: the adaptation is recorded in the provenance, and is repeated
+    identically on resume (deterministic on the CPU)."""
+    from lfm_recon.adapt import AdaptConfig, adapt
+    from lfm_recon.reconstruct import read_volumes, reconstruct, reconstruct_files
+
+    net = UnfoldedISTA(LightFieldOperator(small_bank), 2, data_term="poisson", prior="cnn")
+    save_model(net, tmp_path / "model.pt")
+    tifffile.imwrite(tmp_path / "rec.tif", frames, photometric="minisblack")
+    args = dict(model=tmp_path / "model.pt", background=2.0, adapt=3, guard="off", progress=False)
+    reconstruct_files([tmp_path / "rec.tif"], tmp_path / "out.h5", **args)
+    volumes, info = read_volumes(tmp_path / "out.h5")
+    tuned, _ = adapt(net, frames, 2.0, AdaptConfig(steps=3))
+    expected = reconstruct(frames, tuned, "net", background=2.0)
+    np.testing.assert_allclose(volumes, expected, rtol=1e-5, atol=1e-6 * expected.max())
+    prov = info["provenance"]
+    assert prov["adaptation"]["config"]["steps"] == 3
+    assert prov["adaptation"]["frames"] == list(range(len(frames)))
+    assert "held_out_deviance_after" in prov["adaptation_result"]
+    with pytest.raises(LFMError, match="--adapt adapts a network"):
+        reconstruct_files([tmp_path / "rec.tif"], tmp_path / "rl.h5", psf=None, method="rl", **args)
+
+
+def test_guard_warns_and_falls_back_to_rl(tmp_path, small_bank, frames, capsys):
+    """A network that throws the light away (thresholds far too high) is
+    reported against RL; with guard="fallback" the recording is
+    reconstructed with RL (equal to method "rl")."""
+    from lfm_recon.reconstruct import read_volumes, reconstruct, reconstruct_files
+
+    op = LightFieldOperator(small_bank)
+    net = UnfoldedISTA(op, 2, data_term="poisson", lam_fraction=0.9)
+    with torch.no_grad():
+        net.threshold_raw.fill_(8.0)
+    save_model(net, tmp_path / "model.pt")
+    tifffile.imwrite(tmp_path / "rec.tif", frames, photometric="minisblack")
+    common = dict(model=tmp_path / "model.pt", background=2.0, progress=False)
+    reconstruct_files([tmp_path / "rec.tif"], tmp_path / "warn.h5", **common)
+    assert "guard: deviance per photon, network / RL" in capsys.readouterr().err
+    _, info = read_volumes(tmp_path / "warn.h5")
+    assert info["provenance"]["guard"]["suspect"] and info["provenance"]["method"] == "net"
+    reconstruct_files([tmp_path / "rec.tif"], tmp_path / "fb.h5", guard="fallback", **common)
+    volumes, info = read_volumes(tmp_path / "fb.h5")
+    assert info["provenance"]["method"] == "rl" and info["provenance"]["guard_fallback"] == "rl"
+    expected = reconstruct(frames, op, "rl", background=2.0)
+    np.testing.assert_allclose(volumes, expected, rtol=1e-5, atol=1e-6 * expected.max())
+
+
+def test_guard_accepts_a_network_that_fits_as_rl_does(small_bank, frames):
+    """The untrained Poisson network is RL with fewer iterations: no alarm."""
+    from lfm_recon.guard import check_network
+
+    net = UnfoldedISTA(LightFieldOperator(small_bank), 8, data_term="poisson", lam_fraction=0.0)
+    report = check_network(net, frames[:3], 2.0, rl_iterations=8)
+    assert report.ratio == pytest.approx(1.0, abs=0.02) and not report.suspect

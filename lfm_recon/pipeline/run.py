@@ -28,7 +28,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +91,8 @@ def reconstruct_files(
     overwrite: bool = False,
     progress: bool = True,
     pyramid: int = 1,
+    adapt: int = 0,
+    guard: str = "warn",
     **options,
 ) -> RunReport:
     """Reconstruct a recording from files to a volume file (see the module doc).
@@ -114,6 +116,13 @@ def reconstruct_files(
         progress: progress bar (volumes/s, ETA) on rank 0.
         pyramid: resolution levels of an OME-Zarr output (1: full only;
             each further level halves Y and X).
+        adapt: with "net": first adapt the network to this recording for
+            this many steps (:mod:`lfm_recon.adapt`; 0 = off). Deterministic
+            on the CPU, so a resumed run adapts to the same network.
+        guard: with "net": ``"warn"`` compares the network with RL on a few
+            frames (:mod:`lfm_recon.guard`) and warns when it explains them
+            much worse; ``"fallback"`` then reconstructs with RL instead;
+            ``"off"`` skips the check. Its finding goes to the provenance.
         options: n_iter, lam_fraction, rho, prior for the solvers.
 
     Returns:
@@ -128,6 +137,12 @@ def reconstruct_files(
         raise LFMError(f"--pyramid is for OME-Zarr outputs (.ome.zarr), not {output.name}")
     if kind == "zarr":
         zarr_package()  # a clear error before anything is loaded when zarr is absent
+    if guard not in GUARD_MODES:
+        raise LFMError(f"guard must be one of {GUARD_MODES}, got {guard!r}")
+    if isinstance(adapt, bool) or not isinstance(adapt, int) or adapt < 0:
+        raise LFMError(f"adapt is a number of steps ≥ 0, got {adapt!r}")
+    if adapt and method != "net":
+        raise LFMError(f"--adapt adapts a network: use it with --method net, not {method}")
     if not output.parent.is_dir():
         raise LFMError(f"output folder {output.parent} does not exist")
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
@@ -143,6 +158,8 @@ def reconstruct_files(
             )
             recording = Recording(inputs)
             cal = _calibration(calibration, fn.op, recording, provenance)
+            if method == "net":
+                fn = _adapt_and_check(fn, recording, cal, adapt, guard, group, provenance)
             provenance.update(
                 inputs=recording.describe(),
                 frames=len(recording),
@@ -172,6 +189,54 @@ def reconstruct_files(
 
 def _nothing() -> None:
     return None
+
+
+GUARD_MODES = ("warn", "fallback", "off")
+# Provenance measured during set-up: kept in the output, not compared on resume.
+MEASURED = ("adaptation_result", "guard")
+
+
+def _adapt_and_check(fn, recording, cal, steps, guard, group, provenance):
+    """Adapt the network to the recording (rank 0, then shared) and check it
+    against RL (rank 0); returns the reconstructor to use."""
+    from ..adapt import AdaptConfig, adapt
+    from ..guard import check_network
+
+    bg = fn.background
+    net = fn.net
+    if steps:
+        config = AdaptConfig(steps=steps)
+        picked = np.unique(np.linspace(0, len(recording) - 1, min(config.frames, len(recording))))
+        provenance["adaptation"] = {"config": asdict(config), "frames": picked.tolist()}
+        state = None
+        if group.rank == 0:
+            frames = np.concatenate([_load(recording, cal, (int(i), int(i) + 1)) for i in picked])
+            tuned, record = adapt(net, frames, bg, config)
+            state = {
+                k: v.cpu() if isinstance(v, torch.Tensor) else v
+                for k, v in tuned.state_dict().items()
+            }
+            provenance["adaptation_result"] = {
+                k: record[k]
+                for k in ("held_out_deviance_before", "held_out_deviance_after", "step_kept")
+            }
+        state = group.all_gather(state)[0]
+        net.load_state_dict(state)
+        fn = Reconstructor(net, "net", background=bg)
+    if guard != "off" and group.rank == 0:
+        picked = np.unique(np.linspace(0, len(recording) - 1, min(3, len(recording))))
+        frames = np.concatenate([_load(recording, cal, (int(i), int(i) + 1)) for i in picked])
+        signal = (frames - bg).mean(axis=(1, 2)) > 0
+        if signal.any():
+            report = check_network(net, frames[signal], bg, indices=picked[signal])
+            provenance["guard"] = report.to_dict()
+            print(f"lfm-recon: {report.message()}", file=sys.stderr)
+    suspect = bool(provenance.get("guard", {}).get("suspect"))
+    if guard == "fallback" and group.all_gather(suspect)[0]:
+        provenance["guard_fallback"] = "rl"
+        fn = Reconstructor(net.op, "rl", background=bg)
+        provenance.update(fn.parameters())
+    return fn
 
 
 def _calibration(path, op, recording: Recording, provenance: dict):
@@ -559,7 +624,7 @@ def _load(recording: Recording, cal, span: tuple[int, int]) -> np.ndarray:
 def _comparable(p: dict) -> dict:
     import json
 
-    return json.loads(json.dumps(p, default=float))
+    return json.loads(json.dumps({k: v for k, v in p.items() if k not in MEASURED}, default=float))
 
 
 def _changed_keys(previous, current: dict) -> str:

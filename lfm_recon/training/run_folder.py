@@ -2,7 +2,7 @@
 and the metrics log.
 
     config.toml      the run's configuration, paths relative to the folder
-    checkpoint.pt    everything needed to resume (written atomically)
+    checkpoint.pt    everything needed to resume (written atomically and fsynced)
     model.pt         the best network by validation PSNR (a model file)
     metrics.jsonl    one JSON line per epoch: losses, validation, seconds
 
@@ -17,11 +17,11 @@ not listed twice.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
+from .._durable import replacing, write_bytes
 from ..errors import LFMError
 from .config import TrainConfig
 from .distributed import Processes
@@ -107,13 +107,8 @@ class RunFolder:
         """Write the checkpoint atomically (rank 0), then wait for all ranks."""
         if self.processes.main:
             state = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **state}
-            tmp = self.checkpoint.with_name(f".checkpoint.pt.tmp-{os.getpid()}")
-            try:
+            with replacing(self.checkpoint) as tmp:  # fsynced: survives a power loss
                 torch.save(state, tmp)
-                os.replace(tmp, self.checkpoint)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
         self.processes.barrier()
 
     def append_metrics(self, record: dict) -> None:
@@ -125,9 +120,7 @@ class RunFolder:
 
 
 def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_bytes(path, text.encode("utf-8"))
 
 
 def _differences(a: dict, b: dict, prefix: tuple = ()) -> list[tuple]:
