@@ -1,8 +1,11 @@
 """The depth-adaptive anti-aliasing filter: widths from the optics, the
 Lanczos low-pass against an independent convolution, and RL with it."""
 
+import json
+
 import numpy as np
 import pytest
+import tifffile
 import torch
 from scipy import ndimage
 
@@ -15,6 +18,8 @@ from lfm_recon.antialias import (
     lenslet_magnification,
     microlens_blur,
 )
+from lfm_recon.cli import main
+from lfm_recon.io import read_volume_tiff
 from lfm_recon.metrics import lenslet_grid_index
 from lfm_recon.solvers import DEFAULT_FILTER, richardson_lucy, solve
 
@@ -183,3 +188,24 @@ def test_solve_applies_the_method_default(blob_case):
         solve(op, y, "fista", 5, filter="antialias")
     with pytest.raises(LFMError, match="filter must be one of none, antialias"):
         solve(op, y, "rl", 5, filter="gauss")
+
+
+def test_cli_filter_option(blob_case, tmp_path, capsys):
+    op, _, y = blob_case
+    op.bank.save(tmp_path / "bank.h5")
+    tifffile.imwrite(tmp_path / "lf.tif", y[0, 0].numpy())
+    argv = ["reconstruct", str(tmp_path / "lf.tif"), "--psf", str(tmp_path / "bank.h5")]
+    argv += ["--iterations", "4", "-q"]
+    for choice in ("none", "antialias"):
+        out = tmp_path / f"{choice}.tif"
+        assert main([*argv, "--filter", choice, "-o", str(out)]) == 0
+        volume, _ = read_volume_tiff(out)
+        expected = richardson_lucy(op, y, 4, filter=choice)[0].numpy()
+        np.testing.assert_allclose(volume, expected, rtol=1e-5, atol=1e-6 * expected.max())
+        provenance = json.loads((tmp_path / f"{choice}.provenance.json").read_text())
+        assert provenance["filter"] == choice
+    out = tmp_path / "fista.tif"
+    assert main([*argv, "--method", "fista", "--filter", "antialias", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "works inside rl and isra, not fista" in err
+    assert not out.exists()
