@@ -166,8 +166,9 @@ class AntiAliasFilter:
             planes with W_z ≤ 1 are left as they are.
         lobes: a, the Lanczos window's lobes.
 
-    Calling it returns a new tensor on the volume's device and in its dtype;
-    the input is not changed. Edges are padded by replication, so a uniform
+    Calling it returns a new tensor on the volume's device and in its dtype
+    (``inplace=True``: the filtered planes are written into the input, which
+    the solvers use on their own fresh estimate). Edges are padded by replication, so a uniform
     plane stays uniform. Batched: the filtered planes of every volume go
     through two batched matrix products, T_y · x_z · T_xᵀ with banded (Yv, Yv)
     and (Xv, Xv) matrices per plane (matrix units run these far faster than a
@@ -203,7 +204,7 @@ class AntiAliasFilter:
             self._matrices[key] = torch.as_tensor(m, dtype=dtype, device=device)
         return self._matrices[key]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """(B, D, Yv, Xv) → filtered (B, D, Yv, Xv), same device and dtype."""
         if x.ndim != 4 or x.shape[1] != self.n_depths:
             raise LFMError(
@@ -216,7 +217,7 @@ class AntiAliasFilter:
         tx = self._matrix(x.shape[3], x.device, x.dtype)  # (n, Xv, Xv)
         index = torch.as_tensor(self.active, device=x.device)
         planes = ty @ x.index_select(1, index) @ tx.transpose(1, 2)
-        out = x.clone()
+        out = x if inplace else x.clone()
         out[:, index] = planes.clamp_min(0)
         return out
 

@@ -173,7 +173,7 @@ class RichardsonLucy(Solver):
         ratio = _safe_divide(self.y, self.hx + self.b)
         self.x = _safe_divide(self.x * self._ht(ratio), self.sensitivity)
         if self.filter is not None:
-            self.x = self.filter(self.x)
+            self.x = self.filter(self.x, inplace=True)  # x is this step's own tensor
         self.hx = self._h(self.x)
 
     def objective(self) -> torch.Tensor:
@@ -208,7 +208,7 @@ class ISRA(Solver):
     def step(self) -> None:
         self.x = _safe_divide(self.x * self.hty, self._ht(self.hx + self.b))
         if self.filter is not None:
-            self.x = self.filter(self.x)
+            self.x = self.filter(self.x, inplace=True)  # x is this step's own tensor
         self.hx = self._h(self.x)
 
     def objective(self) -> torch.Tensor:

@@ -209,3 +209,11 @@ def test_cli_filter_option(blob_case, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "works inside rl and isra, not fista" in err
     assert not out.exists()
+
+
+def test_inplace_writes_the_same_planes():
+    x = torch.rand(2, len(WIDTHS), 12, 15, dtype=torch.float64)
+    expected = AntiAliasFilter(WIDTHS)(x)
+    out = AntiAliasFilter(WIDTHS)(x, inplace=True)
+    assert out is x
+    torch.testing.assert_close(x, expected)
