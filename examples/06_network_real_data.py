@@ -28,6 +28,10 @@ per frame, which is what would matter on a recording of many frames.
 
     python examples/06_network_real_data.py [--samples PATH] [-o out/] [--quick] [--budget S]
 
+Sizes fit a 2-core CPU: 11 depths (2 Âµm apart for the GUV), s = 3, a
+network of 6 layers trained on 8-lenslet patches for ``--budget`` seconds
+(15 minutes), RL at its default 100 iterations on the same PSF bank.
+
 PATH defaults to $LFM_SAMPLES, else ../shared/data/lf-samples next to the
 repository. Training data keys used (lfm_recon.training.TrainConfig):
 psf, output, seed, device, steps_per_epoch, checkpoint_every; model.n_layers,
@@ -66,7 +70,7 @@ SAMPLES = {  # folder: (white, dark, light field, preset, nominal camera pixel Â
         "Lightfield_GUVExperim1.tif",
         "guv-60x-1.2na",
         6.5,
-        np.linspace(-10, 10, 21),
+        np.linspace(-10, 10, 11),
     ),
     "seaurchin": (
         "radiometry_frame.tif",
@@ -74,7 +78,7 @@ SAMPLES = {  # folder: (white, dark, light field, preset, nominal camera pixel Â
         "light_field.tif",
         "seaurchin-20x-0.5na",
         7.4,
-        np.linspace(-50, 50, 21),
+        np.linspace(-50, 50, 11),
     ),
 }
 
@@ -89,7 +93,7 @@ def main() -> None:
     parser.add_argument("--sample", choices=sorted(SAMPLES), default="GUVExperim1")
     parser.add_argument("-o", "--output", default="example_out", help="output folder")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a few steps (CI)")
-    parser.add_argument("--budget", type=float, default=600.0, help="training seconds (CPU)")
+    parser.add_argument("--budget", type=float, default=900.0, help="training seconds (CPU)")
     args = parser.parse_args()
     root, name = Path(args.samples), args.sample
     if not (root / name).is_dir():
@@ -117,7 +121,7 @@ def main() -> None:
     print(f"{name}: {ny}Ã—{nx} lenslets, level c = {level:.3g} counts/px")
 
     # 2. The PSF bank of the calibration's optics.
-    depths = depths[::10] if quick else depths
+    depths = depths[::5] if quick else depths
     s = 1 if quick else 3
     start = time.perf_counter()
     bank = generate_psf(calibration.microscope, depths, s)
@@ -126,7 +130,7 @@ def main() -> None:
     print(f"PSF bank: {len(depths)} depths, s = {s}, in {time.perf_counter() - start:.1f} s")
 
     # 3. Training data: simulated neurons at the frame's brightness, and the frame.
-    side = 9 if quick else 16
+    side = 9 if quick else 12
     extent_mm3 = np.ptp(depths) * (side * bank.voxel_size[0] * s) ** 2 * 1e-9
     simulate_dataset(
         bank,
@@ -147,16 +151,16 @@ def main() -> None:
             "device": "cpu",
             "steps_per_epoch": 2 if quick else 50,
             "checkpoint_every": 2 if quick else 50,
-            "model": {"n_layers": 3 if quick else 8, "data_term": "poisson"}
+            "model": {"n_layers": 3 if quick else 6, "data_term": "poisson"}
             | {"per_depth_step": True, "prior": "cnn"},
             "data": {
                 "train": str(out / "train.h5"),
                 "n_validation": 2 if quick else 8,
                 "unlabeled": [str(out / "frames.tif")],
                 "tiff_background": b,
-                "patch_lenslets": 5 if quick else 11,
-                "batch_size": 4,
-                "unlabeled_batch_size": 4,
+                "patch_lenslets": 5 if quick else 8,
+                "batch_size": 2,
+                "unlabeled_batch_size": 2,
             },
             "loss": {"supervised": 1.0, "resynthesis": 0.5},
             "optim": {"steps": 4 if quick else 100_000, "time_budget": 0 if quick else args.budget},

@@ -415,25 +415,27 @@ def detection_scores(
 
 
 def lenslet_grid_index(volume, voxels_per_lenslet: int) -> np.ndarray:
-    """How much of each plane's lateral detail is locked to the lenslet grid.
+    """How strongly each plane's lateral detail is locked to the lenslet grid.
 
-    The mean squared difference between laterally neighbouring voxels that
-    straddle a lenslet boundary (voxel p·s − 1 and p·s, along y and along x),
-    over the same mean for neighbours inside one lenslet. A plane without
-    structure tied to the grid gives about 1 (a linear ramp exactly 1); the
-    blocky pattern Richardson–Lucy leaves near the native plane (nearly
-    constant inside each lenslet, steps at its edges) gives ≫ 1. Compare a
-    reconstruction's value with its ground truth's. (Power at the exact
-    lenslet harmonics misses this pattern: a lenslet-wise constant image has
-    zeros there.)
+    E_k, k = 0 … s−1: the mean squared difference between laterally
+    neighbouring voxels p and p+1 with p mod s = k (along y and along x,
+    pooled; k = s−1 straddles a lenslet edge). The index is max_k E_k /
+    min_k E_k. Detail that ignores the grid changes alike at every position
+    of the lenslet period: about 1 (a linear ramp exactly 1). A pattern tied
+    to the grid does not: blocks constant inside each lenslet (all change at
+    the edges) give ∞, a dot at each lenslet's centre (changes next to it,
+    none across edges) ≫ 1 — the two forms Richardson–Lucy leaves near the
+    native plane. Compare a reconstruction's value with its ground truth's.
+    (Power at the exact lenslet harmonics misses the blocks: a lenslet-wise
+    constant image has zeros there.)
 
     Args:
         volume: (D, Yv, Xv) or (B, D, Yv, Xv), Yv and Xv multiples of s.
         voxels_per_lenslet: s ≥ 2.
 
     Returns:
-        float64 (D,) or (B, D); inf for planes constant inside every lenslet
-        but not across, NaN for constant planes.
+        float64 (D,) or (B, D); inf where some E_k is 0 and another is not,
+        NaN for constant planes.
     """
     a, single = _array(volume, "volume")
     s = voxels_per_lenslet
@@ -442,22 +444,19 @@ def lenslet_grid_index(volume, voxels_per_lenslet: int) -> np.ndarray:
     if a.shape[2] % s or a.shape[3] % s:
         raise LFMError(f"volume planes {a.shape[2]}×{a.shape[3]} are not multiples of s = {s}")
     dy, dx = np.diff(a, axis=2) ** 2, np.diff(a, axis=3) ** 2
-    edge = np.arange(a.shape[2] - 1) % s == s - 1, np.arange(a.shape[3] - 1) % s == s - 1
-    across = np.concatenate(
+    ky, kx = np.arange(a.shape[2] - 1) % s, np.arange(a.shape[3] - 1) % s
+    energy = np.stack(
         [
-            dy[:, :, edge[0]].reshape(*a.shape[:2], -1),
-            dx[:, :, :, edge[1]].reshape(*a.shape[:2], -1),
-        ],
-        axis=2,
+            np.concatenate(
+                [
+                    dy[:, :, ky == k].reshape(*a.shape[:2], -1),
+                    dx[:, :, :, kx == k].reshape(*a.shape[:2], -1),
+                ],
+                axis=2,
+            ).mean(axis=2)
+            for k in range(s)
+        ]
     )
-    inside = np.concatenate(
-        [
-            dy[:, :, ~edge[0]].reshape(*a.shape[:2], -1),
-            dx[:, :, :, ~edge[1]].reshape(*a.shape[:2], -1),
-        ],
-        axis=2,
-    )
-    num, den = across.mean(axis=2), inside.mean(axis=2)
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = num / den
+        out = energy.max(axis=0) / energy.min(axis=0)
     return out[0] if single else out

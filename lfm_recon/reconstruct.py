@@ -140,7 +140,7 @@ class Reconstructor:
 
     def set_background(self, level) -> None:
         """Use the constant level ``level`` (counts per pixel, any sign)."""
-        if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)):
+        if isinstance(level, bool) or not isinstance(level, (int, float, np.integer, np.floating)):
             raise LFMError(f"background must be a number of counts or 'auto', got {level!r}")
         self.lift, self.solver_background = split_level(level)
         self.background = float(level)

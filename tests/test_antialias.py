@@ -145,6 +145,9 @@ def test_lenslet_grid_index_of_known_planes():
     profile = np.cumsum([0, 1, 1, 3, 1, 1, 3, 1, 1])
     steps = np.add.outer(profile, profile)[None]
     assert lenslet_grid_index(steps, s)[0] == pytest.approx(9.0)
+    # A dot at each lenslet's centre on a ramp: steps 1+4, 1−4 and 1.
+    dots = np.arange(9.0) + 4.0 * (np.arange(9) % s == 1)
+    assert lenslet_grid_index(np.add.outer(dots, dots)[None], s)[0] == pytest.approx(25.0)
     with pytest.raises(LFMError, match="multiples of s"):
         lenslet_grid_index(np.zeros((1, 7, 9)), s)
 
