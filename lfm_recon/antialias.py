@@ -37,14 +37,15 @@ Notation (lengths in µm; paraxial thin-lens optics, telecentric objective):
              h(t) = sinc(t/W)·sinc(t/(a·W)) for |t| < a·W voxels (a = 4 lobes),
              normalised to sum 1, along y and along x.
 
-Which formula and why: the width is the paper's, w_z = min(|λ_z p − b_z|,
-r_ml) with r_ml = p/2, written for this package's optics with the lenslet
-blur b_z from the thin-lens geometry (so it is a length). The paper's
-reasoning: a lenslet sees plane z as a pinhole camera of magnification λ_z
-whose image is blurred by b_z, and the lenslets tile the plane once per
-pitch; near the native plane (|a_z| < v) each lenslet's view collapses to its
-blurred pupil image and the plane is sampled only once per lenslet, farther
-out the views overlap and sample it finely, so no filter is needed. The
+Which formula and why: the width is the paper's construction as we read
+it, w_z = min(|λ_z p − b_z|, r_ml) with r_ml = p/2, written for this
+package's optics with the lenslet blur b_z from the thin-lens geometry (so
+it is a length). The reasoning, in this geometry: a lenslet sees plane z as
+a camera of magnification λ_z whose image is blurred by b_z, and the
+lenslets tile the plane once per pitch; near the native plane (|a_z| < v)
+each lenslet's view collapses to its blurred pupil image and the plane is
+sampled only once per lenslet, farther out the views overlap and sample it
+finely, so no filter is needed. The
 kernel's zero spacing is w_z itself (cut-off at the lenslet frequency at the
 native plane); a kernel twice as wide (cut-off at the lenslet Nyquist
 frequency, zero spacing 2 w_z) smoothed away detail that this package's
