@@ -5,18 +5,27 @@ a slightly rotated grid. Three steps take it to a volume:
 
     grid      centre(i, j) = o + i·a + j·b                  fitted to the white frame w
     rectify   y[r, c] = |a × b|/nnum² · (r − dark)(centre(i0 − ½ + (r+½)/nnum, …)) / flat
-    solve     x ← x · Hᵀ(y / (H x + b)) / Hᵀ1                Richardson–Lucy (Poisson)
+    level     c = mean of the dim lenslets' dark corners     lfm_recon.background
+    solve     x ← F_z[x · Hᵀ(y' / (H x + b)) / Hᵀ1]          Richardson–Lucy (Poisson)
 
 a, b the fitted lattice vectors (raw px per lenslet), flat the per-lenslet
 transmission of the white frame, H the light-field operator of a PSF bank
-computed from the calibration's rectified optics (pixel mla_pitch / nnum), and
-b a constant background. The effective raw pixel is mla_pitch / |a|: the
-camera pixel as the MLA sees it, through any relay.
+computed from the calibration's rectified optics (pixel mla_pitch / nnum).
+The constant level c left after dark subtraction is estimated from the frame
+itself: c ≥ 0 is the background b; c < 0 (GUVExperim1: its dark frame reads
+~107 counts, its light field's floor ~54) lifts the frame, y' = y − c, b = 0.
+F_z is the depth-adaptive anti-aliasing filter (lfm_recon.antialias; Stefanoiu
+et al. 2019), a low-pass per depth that removes the lenslet-grid artifact
+near the native plane z = 0; F_z = identity is plain RL. The effective raw
+pixel is mla_pitch / |a|: the camera pixel as the MLA sees it, through any relay.
 
 For GUVExperim1 (a vesicle, 60×/1.2 NA) and seaurchin (an egg, 20×/0.5 NA) of
 the lf-samples folder: calibrate from the radiometry and dark frames, save the
-grid overlay, rectify the light field, reconstruct, save xy/xz/yz maximum
-projections (PNG) and the volume (ImageJ TIFF).
+grid overlay, rectify the light field, estimate c, reconstruct with plain RL
+and with the filter, save xy/xz/yz maximum projections of both side by side
+(PNG) and the filtered volume (ImageJ TIFF). What to look at: the xz and yz
+projections around z = 0, where plain RL piles light into a bright band of
+lenslet-sized blocks and the filtered one does not.
 
     python examples/05_real_data.py [--samples PATH] [-o out/] [--quick]
 
@@ -35,12 +44,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lfm_recon import LightFieldOperator, Microscope, generate_psf
+from lfm_recon import LightFieldOperator, Microscope, generate_psf, reconstruct
+from lfm_recon.background import estimate_background
 from lfm_recon.calibration import CalibrationWarning, calibrate
-from lfm_recon.figures import plot_lenslet_grid, plot_mips
+from lfm_recon.figures import plot_lenslet_grid, plot_mips_side_by_side
 from lfm_recon.io import read_frames, write_volume_tiff
-from lfm_recon.metrics import reprojection_residual
-from lfm_recon.solvers import richardson_lucy
+from lfm_recon.metrics import lenslet_grid_index, reprojection_residual
 
 DEFAULT_SAMPLES = Path(__file__).resolve().parents[1].parent / "shared/data/lf-samples"
 
@@ -89,28 +98,6 @@ SAMPLES = {
 }
 
 
-def background_level(lightfield: np.ndarray) -> tuple[np.ndarray, float]:
-    """(light field to solve with, background b ≥ 0 counts per pixel).
-
-    Why a low percentile of the rectified frame: the corners of every
-    lenslet's block lie outside its pupil image, so even out-of-focus
-    fluorescence (which H models) leaves them nearly dark; what they read is
-    the sample-independent floor (stray light, offset drift) that b stands
-    for. The dark frame alone cannot give it: it was taken without the
-    sample. A percentile rather than the minimum ignores noise and dead pixels.
-
-    The floor can be negative: GUVExperim1's dark frame reads ~107 counts but
-    the light field's lenslet corners only ~54 (another camera offset), so
-    after dark subtraction they sit at −56. RL needs H x + b > 0 and clips
-    y < 0, so a negative floor is added back to the frame (y − floor ≥ 0 there)
-    and b = 0 instead.
-    """
-    floor = float(np.percentile(lightfield, 2))
-    if floor < 0:
-        return lightfield - np.float32(floor), 0.0
-    return lightfield, floor
-
-
 def run(sample: Sample, root: Path, out: Path, quick: bool, n_iter: int) -> None:
     name = sample.folder
     print(f"\n=== {name} ({sample.preset}, nominal raw pixel {sample.raw_pixel:g} µm)")
@@ -136,43 +123,60 @@ def run(sample: Sample, root: Path, out: Path, quick: bool, n_iter: int) -> None
     plot_lenslet_grid(white, calibration, out / f"{name}_grid.png")
 
     start = time.perf_counter()
-    lightfield, background = background_level(calibration.apply(raw))
+    lightfield = calibration.apply(raw)
     t_rect = time.perf_counter() - start
+    level = estimate_background(lightfield, calibration.nnum)
 
     depths = sample.quick_depths if quick else sample.depths
-    s = 1 if quick else sample.voxels_per_lenslet
+    s = 2 if quick else sample.voxels_per_lenslet
     start = time.perf_counter()
     bank = generate_psf(calibration.microscope, depths, s)
     t_psf = time.perf_counter() - start
     op = LightFieldOperator(bank)
     y = torch.from_numpy(lightfield)[None, None]
-    start = time.perf_counter()
-    x = richardson_lucy(op, y, n_iter, background=background)
-    t_rl = time.perf_counter() - start
-    residual = reprojection_residual(op, x, y, background)[0]
-
-    volume = x[0].numpy()
-    lateral, axial = bank.voxel_size
+    volumes, labels = {}, {"none": "plain RL", "antialias": "RL + anti-aliasing filter"}
+    z0 = int(np.argmin(np.abs(bank.depths)))
     ny, nx = calibration.lenslets
-    write_volume_tiff(out / f"{name}_volume.tif", volume, bank.voxel_size, bank.depths)
-    plot_mips(
-        volume,
+    print(
+        f"level c = {level:.3g} counts/px (estimated from the frame's dark lenslet corners);"
+        f" {ny}×{nx} lenslets, {len(depths)} depths {depths[0]:g}…{depths[-1]:g} µm, s = {s}"
+    )
+    for kind in labels:
+        start = time.perf_counter()
+        # background=level: c < 0 lifts the frame, c ≥ 0 is the model's background.
+        volume = reconstruct(lightfield, op, "rl", background=level, n_iter=n_iter, filter=kind)
+        seconds = time.perf_counter() - start
+        residual = reprojection_residual(op, volume[None], y, level)[0]
+        grid = lenslet_grid_index(volume, s)[z0]
+        share = volume[z0].sum() / volume.sum()
+        volumes[kind] = volume
+        labels[kind] += f", {n_iter} it., {seconds:.1f} s; residual {residual:.3f}"
+        print(
+            f"{labels[kind].split(',')[0]:26s} {seconds:6.1f} s ({seconds / n_iter:.2f} s/it.);"
+            f" reprojection residual ‖Hx + c − y‖/‖y‖ = {residual:.4f}; at z = 0: lenslet-grid"
+            f" index {grid:.2f}, {share:.1%} of the light"
+        )
+
+    lateral, axial = bank.voxel_size
+    write_volume_tiff(
+        out / f"{name}_volume.tif", volumes["antialias"], bank.voxel_size, bank.depths
+    )
+    plot_mips_side_by_side(
+        volumes.values(),
+        [f"{sample.folder}: {label}" for label in labels.values()],
         bank.voxel_size,
-        out / f"{name}_mips.png",
-        title=f"{name}: RL {n_iter} iterations, {ny}×{nx} lenslets, {len(depths)} depths"
-        f" {depths[0]:g}…{depths[-1]:g} µm, s = {s}",
+        out / f"{sample.folder}_mips.png",
         depths=bank.depths,
     )
     print(
-        f"background b = {background:.3g} counts/px; volume {volume.shape} (D, Y, X),"
-        f" voxels {lateral:.3g}×{lateral:.3g}×{axial:.3g} µm;"
-        f" reprojection residual ‖Hx + b − y‖/‖y‖ = {residual:.4f}"
+        f"volume {volumes['antialias'].shape} (D, Y, X), voxels {lateral:.3g}×{lateral:.3g}×"
+        f"{axial:.3g} µm; time: calibrate {t_cal:.2f} s, rectify {t_rect:.2f} s, PSF bank"
+        f" {t_psf:.1f} s"
     )
     print(
-        f"time: calibrate {t_cal:.2f} s, rectify {t_rect:.2f} s, PSF bank {t_psf:.1f} s,"
-        f" RL {t_rl:.1f} s ({t_rl / n_iter:.2f} s/iteration)"
+        f"wrote {sample.folder}_calibration.h5, {sample.folder}_grid.png,"
+        f" {sample.folder}_mips.png (plain RL | filtered), {sample.folder}_volume.tif (filtered)"
     )
-    print(f"wrote {name}_calibration.h5, {name}_grid.png, {name}_mips.png, {name}_volume.tif")
 
 
 def main() -> None:
@@ -187,7 +191,7 @@ def main() -> None:
     )
     parser.add_argument("-o", "--output", default="example_out", help="output folder")
     parser.add_argument(
-        "--quick", action="store_true", help="central crops, 3 depths, s = 1, 5 iterations"
+        "--quick", action="store_true", help="central crops, 3 depths, s = 2, 5 iterations"
     )
     parser.add_argument("--iterations", type=int, default=None, help="RL iterations (30)")
     args = parser.parse_args()

@@ -10,6 +10,7 @@ warning:`` line on stderr, and the command goes on.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -268,6 +269,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
         lam_fraction=args.lam,
         rho=args.rho,
         prior=args.prior,
+        filter=args.filter,
     )
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 speaks for the run
@@ -280,6 +282,11 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
             f"{label}: {report.computed} of {report.frames} frames reconstructed{rectified} in"
             f" {report.seconds:.2f} s ({rate:.3g} volumes/s); wrote {report.output}"
         )
+        if args.background == "auto":
+            print(
+                f"background: {report.parameters['background']:.4g} counts per pixel, estimated"
+                " from the frames (recorded in the provenance)"
+            )
     if report.empty:
         shown = ", ".join(str(i) for i in report.empty[:10])
         print(
@@ -301,7 +308,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate
     from .operator import LightFieldOperator
     from .psf import PSFBank
-    from .solvers import DEFAULT_ITERATIONS
+    from .solvers import DEFAULT_ITERATIONS, FILTERED_METHODS
 
     bank = PSFBank.load(args.psf)
     data = SimulatedData.load(args.data)
@@ -318,6 +325,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             lam_fraction=args.lam,
             rho=args.rho,
             prior=args.prior,
+            filter=args.filter if method in FILTERED_METHODS else None,
         )
         rows.append({"method": method, "iterations": n_iter, **scores.summary(), "s": seconds})
     n = len(data.volumes) if args.frames is None else min(args.frames, len(data.volumes))
@@ -457,14 +465,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--white",
         required=True,
         metavar="W.tif",
-        help="white (radiometry) frame TIFF: a uniform fluorescent sample through the MLA;"
-        " a stack is averaged",
+        help="white (radiometry) frame, TIFF or grey PNG (8/16-bit): a uniform fluorescent"
+        " sample through the MLA; a stack is averaged",
     )
     p.add_argument(
         "--dark",
         default=None,
         metavar="D.tif",
-        help="dark frame TIFF of the same size (camera bias), subtracted",
+        help="dark frame (TIFF or grey PNG) of the same size (camera bias), subtracted",
     )
     p.add_argument(
         "--microscope",
@@ -552,8 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="TIFF frames or time series, HDF5 files (file.h5 or file.h5:dataset), or globs;"
-        " rectified light fields, or raw camera frames with --calibration",
+        help="TIFF frames or time series, grey PNG frames (8/16-bit), HDF5 files (file.h5 or"
+        " file.h5:dataset), or globs; rectified light fields, or raw camera frames with"
+        " --calibration",
     )
     p.add_argument("--model", default=None, help="trained model .pt (lfm-recon train)")
     p.add_argument("--psf", default=None, help="PSF bank .h5 (lfm-recon psf), for the solvers")
@@ -597,9 +606,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_solver_options(p, with_net=True)
     p.add_argument(
         "--background",
-        type=float,
+        type=_background,
         default=0.0,
-        help="counts per (rectified, dark-subtracted) pixel (default 0)",
+        metavar="COUNTS|auto",
+        help="the constant level per (rectified, dark-subtracted) pixel, counts (default 0;"
+        " negative for a camera offset below the dark frame's), or auto: estimated from the"
+        " frames' dark lenslet corners and recorded in the provenance",
     )
     p.add_argument("--batch", type=int, default=8, help="frames per batch (default 8)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
@@ -684,6 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_solver_options(
     p: argparse.ArgumentParser, several: bool = False, with_net: bool = False
 ) -> None:
+    from .antialias import FILTERS
     from .solvers import DEFAULT_ITERATIONS, DEFAULT_LAMBDA_FRACTION, METHODS, PRIORS
 
     defaults = ", ".join(f"{m} {n}" for m, n in DEFAULT_ITERATIONS.items())
@@ -710,6 +723,28 @@ def _add_solver_options(
     )
     p.add_argument("--rho", type=float, default=None, help="admm: penalty ρ (default 0.01‖H‖²)")
     p.add_argument("--prior", choices=PRIORS, default="l1", help="admm: l1 or tv (default l1)")
+    p.add_argument(
+        "--filter",
+        choices=FILTERS,
+        default=None,
+        help="rl/isra: the depth-adaptive anti-aliasing filter in every iteration, which removes"
+        " the lenslet-grid artifact near the native plane (default: antialias for rl and isra)",
+    )
+
+
+def _background(text: str) -> float | str:
+    """--background: a number of counts (any sign) or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a number of counts nor 'auto' (estimate it from the frames)"
+        )
+    return value
 
 
 def _join_range_values(argv: list[str]) -> list[str]:

@@ -264,3 +264,48 @@ def plot_mips(
     path = Path(path)
     fig.savefig(path)
     return path
+
+
+def plot_mips_side_by_side(
+    volumes,
+    titles,
+    voxel_size: tuple[float, float],
+    path: str | Path,
+    depths=None,
+) -> Path:
+    """Save the :func:`plot_mips` figures of several volumes next to each other.
+
+    Each panel keeps :func:`plot_mips`' layout and its own intensity scale
+    (0 to the 99.9th percentile of its xy projection), so methods whose
+    volumes differ in overall scale are shown alike.
+
+    Args:
+        volumes: sequence of (D, Yv, Xv) volumes on one grid.
+        titles: one title per volume (e.g. the method and its time).
+        voxel_size: (lateral, axial) µm.
+        path: output PNG path.
+        depths: optional (D,) µm of the planes.
+
+    Returns:
+        The path written.
+    """
+    import tempfile
+
+    from PIL import Image
+
+    volumes, titles = list(volumes), list(titles)
+    if not volumes or len(volumes) != len(titles):
+        raise LFMError(f"give one title per volume: {len(volumes)} volumes, {len(titles)} titles")
+    panels = []
+    with tempfile.TemporaryDirectory() as folder:
+        for i, (volume, title) in enumerate(zip(volumes, titles, strict=True)):
+            panel = plot_mips(volume, voxel_size, Path(folder) / f"{i}.png", title, depths)
+            with Image.open(panel) as image:
+                panels.append(np.asarray(image.convert("RGB")))
+    height = max(p.shape[0] for p in panels)
+    padded = [
+        np.pad(p, ((0, height - p.shape[0]), (0, 0), (0, 0)), constant_values=255) for p in panels
+    ]
+    path = Path(path)
+    Image.fromarray(np.concatenate(padded, axis=1)).save(path)
+    return path

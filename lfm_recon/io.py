@@ -1,4 +1,13 @@
-"""Image files: camera frames and light fields in, volumes out (TIFF).
+"""Image files: camera frames and light fields in (TIFF, PNG), volumes out (TIFF).
+
+Camera frames come as TIFF (8-, 16-, 32-bit integer or float, one frame or a
+multi-page stack) or PNG (8- or 16-bit grey, one frame; the format holds
+nothing wider, so 32-bit float frames come as TIFF). PNG is read with Pillow,
+a long-maintained library that matplotlib already depends on: it reports the
+file's mode (grey, grey + alpha, palette, colour, 1-bit) before any
+conversion, so colour and palette files are refused with a clear message
+instead of being silently turned into grey. The format is told by the file's
+first bytes, not its name.
 
 Volumes are written as ImageJ hyperstacks with their voxel size (lateral
 pixels per µm as the resolution, the depth step as ``spacing``, unit µm), so
@@ -21,10 +30,90 @@ from ._durable import durable_replace
 from .errors import LFMError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+PNG_SUFFIXES = (".png",)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Pillow modes of grey PNG files: 8-bit, and 16-bit (big-endian in the file;
+# older Pillow versions open it as 32-bit "I").
+_PNG_GREY = {"L": np.uint8, "I;16": np.uint16, "I;16B": np.uint16, "I": np.int32}
+_PNG_REFUSED = {
+    "1": "a 1-bit black-and-white image",
+    "LA": "a grey image with an alpha channel",
+    "PA": "a palette image with an alpha channel",
+    "P": "a palette (indexed colour) image",
+    "RGB": "a colour image",
+    "RGBA": "a colour image with an alpha channel",
+}
+
+
+def is_png(path: str | Path) -> bool:
+    """Whether a file starts with the PNG signature."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+    except OSError:
+        return False
+
+
+def png_shape(path: str | Path, what: str = "image") -> tuple[int, int]:
+    """(Y, X) of a grey PNG camera frame, from its header (not decoded);
+    :class:`LFMError` for files that :func:`read_png` refuses."""
+    with _open_png(path, what) as image:
+        return image.height, image.width
+
+
+def read_png(path: str | Path, what: str = "image") -> np.ndarray:
+    """A grey PNG frame (Y, X) as stored: uint8 or uint16 counts.
+
+    Colour, palette, grey + alpha, 1-bit and animated PNG files are
+    :class:`LFMError` naming the file, what it holds and what to save instead.
+    """
+    with _open_png(path, what) as image:
+        try:
+            array = np.asarray(image)
+        except (OSError, ValueError) as exc:  # truncated or corrupt data
+            raise LFMError(f"cannot read {path} as a PNG image ({exc})") from None
+    return array.astype(_PNG_GREY[image.mode], copy=False)
+
+
+class _open_png:
+    """Context manager: the opened, checked Pillow image of a grey PNG."""
+
+    def __init__(self, path: str | Path, what: str) -> None:
+        self.path, self.what = Path(path), what
+
+    def __enter__(self):
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.path
+        if not path.is_file():
+            raise LFMError(f"{self.what} file {path} does not exist")
+        try:
+            self.image = Image.open(path, formats=["PNG"])
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise LFMError(f"cannot read {path} as a PNG image ({exc})") from None
+        image = self.image
+        fix = "save the camera frame as grey, 8 or 16 bits per pixel (PNG or TIFF)"
+        if image.mode in _PNG_REFUSED:
+            image.close()
+            raise LFMError(f"{path} is {_PNG_REFUSED[image.mode]}, not camera counts; {fix}")
+        if image.mode not in _PNG_GREY:
+            image.close()
+            raise LFMError(f"{path} holds PNG mode {image.mode!r}, not grey counts; {fix}")
+        if getattr(image, "n_frames", 1) > 1:
+            image.close()
+            raise LFMError(
+                f"{path} is an animated PNG of {image.n_frames} frames; save a time series as a"
+                " multi-page TIFF (or one PNG per frame)"
+            )
+        return image
+
+    def __exit__(self, *exc) -> None:
+        self.image.close()
 
 
 def read_frames(path: str | Path, what: str = "image") -> np.ndarray:
-    """Camera frame(s) from a TIFF file: float32 (Y, X), or (T, Y, X) for a stack.
+    """Camera frame(s) from a TIFF or PNG file: float32 (Y, X), or (T, Y, X)
+    for a stack.
 
     Leading axes of length 1 are dropped, so a one-page stack (1, Y, X) is
     one frame. Missing, unreadable and colour files (samples last, or a
@@ -32,7 +121,8 @@ def read_frames(path: str | Path, what: str = "image") -> np.ndarray:
     :class:`LFMError` naming the file.
 
     Args:
-        path: a .tif/.tiff file (the first image series is read).
+        path: a TIFF file (the first image series is read) or a grey PNG
+            (8 or 16 bits); told apart by content.
         what: what the file should hold, for messages (e.g. "white frame").
 
     Returns:
@@ -41,6 +131,8 @@ def read_frames(path: str | Path, what: str = "image") -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise LFMError(f"{what} file {path} does not exist")
+    if is_png(path):
+        return read_png(path, what).astype(np.float32)
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]

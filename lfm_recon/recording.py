@@ -4,6 +4,7 @@ series, HDF5 datasets and globs, read lazily in index ranges.
 Inputs, in the order given (globs sorted by name):
 
     frame.tif                 one frame (Y, X)
+    frame.png                 one frame (Y, X), grey PNG of 8 or 16 bits
     series.tif                a multi-page time series (T, Y, X), one page per frame
     data.h5:NAME              an HDF5 dataset (Y, X), (T, Y, X) or (T, 1, Y, X)
     data.h5                   its only such dataset; for a data set of
@@ -25,7 +26,7 @@ import numpy as np
 import tifffile
 
 from .errors import LFMError
-from .io import TIFF_SUFFIXES
+from .io import PNG_SUFFIXES, TIFF_SUFFIXES, png_shape, read_png
 
 H5_SUFFIXES = (".h5", ".hdf5")
 _GLOB_CHARS = set("*?[")
@@ -41,11 +42,14 @@ class _Source:
     shape: tuple[int, int]
     squeeze_channel: bool = False  # (T, 1, Y, X) datasets
     whole: bool = False  # a TIFF stack stored as one page: read it whole
+    png: bool = False  # one grey PNG frame
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Frames start…stop−1 of this source, float32 (n, Y, X)."""
         try:
-            if self.dataset is None:
+            if self.png:
+                a = read_png(self.path, "frame")[None]
+            elif self.dataset is None:
                 with tifffile.TiffFile(self.path) as tif:
                     if self.count == 1:
                         a = tif.series[0].asarray()
@@ -159,8 +163,13 @@ def _open(spec: str) -> list[_Source]:
         return [_tiff_source(path)]
     if suffix in H5_SUFFIXES:
         return [_h5_source(path, dataset)]
+    if suffix in PNG_SUFFIXES:
+        if dataset is not None:
+            raise LFMError(f"{spec}: a PNG file has no datasets; drop ':{dataset}'")
+        return [_Source(path, None, 1, png_shape(path, "frame"), png=True)]
     raise LFMError(
-        f"input {path} is neither TIFF (.tif, .tiff) nor HDF5 (.h5, .hdf5); convert it to one"
+        f"input {path} is neither TIFF (.tif, .tiff), PNG (.png) nor HDF5 (.h5, .hdf5);"
+        " convert it to one"
     )
 
 

@@ -8,7 +8,7 @@ import pytest
 from lf_frames import SAMPLES
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("[0-9][0-9]_*.py"))
-NEEDS_SAMPLES = {"05_real_data"}  # reads the real light-field samples
+NEEDS_SAMPLES = {"05_real_data", "06_network_real_data"}  # read the real light-field samples
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])

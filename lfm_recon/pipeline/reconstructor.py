@@ -17,11 +17,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..background import AUTO, frames_background, split_level
 from ..errors import LFMError
 from ..operator import LightFieldOperator
 from ..psf.bank import PSFBank
 from ..recording import file_sha256
-from ..solvers import DEFAULT_ITERATIONS, DEFAULT_LAMBDA_FRACTION, METHODS, solve
+from ..solvers import (
+    DEFAULT_ITERATIONS,
+    DEFAULT_LAMBDA_FRACTION,
+    FILTERED_METHODS,
+    METHODS,
+    check_filter,
+    solve,
+)
 from ..unfolded import UnfoldedISTA
 
 ALL_METHODS = ("net", *METHODS)
@@ -35,8 +43,12 @@ class Reconstructor:
         model_or_op: an :class:`~lfm_recon.unfolded.UnfoldedISTA` (any
             method; "net" needs it) or a :class:`LightFieldOperator`.
         method: "net" or a solver of :data:`lfm_recon.solvers.METHODS`.
-        background: counts per pixel (≥ 0), a number.
-        n_iter, lam_fraction, rho, prior: the solvers' (see
+        background: the frames' constant level c, counts per pixel: c ≥ 0
+            is the model's background, c < 0 (a camera offset below the dark
+            frame) is added back to the frames (:mod:`lfm_recon.background`);
+            or ``"auto"``: estimated from the frames by
+            :meth:`estimate_background` before the first call.
+        n_iter, lam_fraction, rho, prior, filter: the solvers' (see
             :func:`lfm_recon.solvers.solve`); ignored by "net".
 
     Calling it returns float32 volumes in photons per voxel on the
@@ -55,6 +67,7 @@ class Reconstructor:
         lam_fraction: float = DEFAULT_LAMBDA_FRACTION,
         rho: float | None = None,
         prior: str = "l1",
+        filter: str | None = None,
     ) -> None:
         if method not in ALL_METHODS:
             raise LFMError(f"method must be one of {', '.join(ALL_METHODS)}, got {method!r}")
@@ -69,28 +82,52 @@ class Reconstructor:
             )
         if method == "net" and self.net is None:
             raise LFMError("method 'net' needs a trained model (--model); the PSF alone is not one")
-        if not (math.isfinite(background) and background >= 0):
-            raise LFMError(f"background must be a finite number ≥ 0 of counts, got {background}")
-        self.method, self.background = method, float(background)
+        self.method, self.background = method, None
+        self.estimated = isinstance(background, str) and background == AUTO
+        if not self.estimated:
+            self.set_background(background)
         self.n_iter = None if method == "net" else _iterations(n_iter, method)
         _check_solver_options(lam_fraction, rho, prior)
+        if method == "net" and filter not in (None, "none"):
+            raise LFMError("--filter is for the solvers rl and isra, not for the network")
+        self.filter = "none" if method == "net" else check_filter(method, filter)
         self.options = {"lam_fraction": lam_fraction, "rho": rho, "prior": prior}
+        self.options["filter"] = self.filter
+
+    def set_background(self, level) -> None:
+        """Use the constant level ``level`` (counts per pixel, any sign)."""
+        if isinstance(level, bool) or not isinstance(level, (int, float, np.integer, np.floating)):
+            raise LFMError(f"background must be a number of counts or 'auto', got {level!r}")
+        self.lift, self.solver_background = split_level(level)
+        self.background = float(level)
+
+    def estimate_background(self, lightfields) -> float:
+        """Set the level from rectified light fields (Y, X) or (T, Y, X)
+        (:func:`lfm_recon.background.estimate_background`); returns it."""
+        self.set_background(frames_background(lightfields, self.op.nnum))
+        return self.background
 
     def parameters(self) -> dict:
         """What determines the result (for provenance and resume checks)."""
         p = {"method": self.method, "background": self.background}
+        if self.estimated:
+            p["background_estimated"] = True
         if self.method != "net":
             p["iterations"] = self.n_iter
             if self.method in ("fista", "admm"):
                 p["lam_fraction"] = self.options["lam_fraction"]
             if self.method == "admm":
                 p["rho"], p["prior"] = self.options["rho"], self.options["prior"]
+            if self.method in FILTERED_METHODS:
+                p["filter"] = self.filter
         return p
 
     @torch.no_grad()
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
         """(B, 1, Y, X) counts → float32 (B, D, Yv, Xv) photons per voxel."""
         op = self.op
+        if self.background is None:
+            raise LFMError("background 'auto' is not estimated yet: call estimate_background")
         y = y.to(device=op.device, dtype=op.dtype)
         signal = (y - self.background).clamp_min(0).flatten(1).sum(dim=1) > 0
         # float32 always: the dtype must not depend on whether a batch holds a
@@ -102,10 +139,11 @@ class Reconstructor:
             return out
         keep = torch.nonzero(signal).flatten()
         ys = y if bool(signal.all()) else y[keep]
+        ys, b = ys + self.lift, self.solver_background  # c < 0 lifts the frames, c ≥ 0 is b
         if self.method == "net":
-            x = self.net(ys, self.background)
+            x = self.net(ys, b)
         else:
-            x = solve(op, ys, self.method, self.n_iter, background=self.background, **self.options)
+            x = solve(op, ys, self.method, self.n_iter, background=b, **self.options)
         if bool(signal.all()):
             return x.to(torch.float32)
         out[keep] = x.to(torch.float32)
@@ -162,7 +200,7 @@ def load_reconstructor(
         background: counts per pixel.
         device: where the operator (and network) run.
         precision: "fp32", or "tf32"/"bf16" on CUDA.
-        options: n_iter, lam_fraction, rho, prior for the solvers.
+        options: n_iter, lam_fraction, rho, prior, filter for the solvers.
 
     Returns:
         The reconstructor and the provenance it determines (method and
@@ -200,7 +238,7 @@ def reconstruct(
     model_or_op,
     method: str = "net",
     *,
-    background: float = 0.0,
+    background: float | str = 0.0,
     batch: int = 8,
     calibration=None,
     progress: bool = False,
@@ -214,10 +252,12 @@ def reconstruct(
         model_or_op: a trained :class:`~lfm_recon.unfolded.UnfoldedISTA` or a
             :class:`~lfm_recon.LightFieldOperator`.
         method: "net" or a solver name (see :class:`Reconstructor`).
-        background: counts per pixel.
+        background: the constant level, counts per pixel (any sign, see
+            :class:`Reconstructor`), or ``"auto"``: estimated from up to 8
+            of the (rectified) frames (:func:`lfm_recon.background.frames_background`).
         batch: frames per batch.
         calibration: a :class:`~lfm_recon.calibration.Calibration` for raw frames.
-        options: n_iter, lam_fraction, rho, prior for the solvers.
+        options: n_iter, lam_fraction, rho, prior, filter for the solvers.
 
     Returns:
         float32 (T, D, Yv, Xv) volumes in photons per voxel ((D, Yv, Xv) for
@@ -237,6 +277,8 @@ def reconstruct(
         from ..calibration import check_bank
 
         check_bank(calibration, fn.op.bank)
+    if fn.background is None:
+        fn.set_background(frames_background(a, fn.op.nnum, calibration))
     out = []
     for start in tqdm(range(0, len(a), batch), disable=not progress, desc="reconstruct"):
         y = a[start : start + batch].astype(np.float32)

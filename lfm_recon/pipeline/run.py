@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .._device import resolve_device
+from ..background import recording_background
 from ..errors import LFMError
 from ..recording import Recording, file_sha256
 from .lock import OutputLock
@@ -84,7 +85,7 @@ def reconstruct_files(
     model: str | Path | None = None,
     psf: str | Path | None = None,
     calibration: str | Path | None = None,
-    background: float = 0.0,
+    background: float | str = 0.0,
     batch: int = 8,
     device: str = "auto",
     precision: str = "fp32",
@@ -107,7 +108,10 @@ def reconstruct_files(
         model: a trained model file (``lfm-recon train``).
         psf: a PSF bank file; with ``model`` it must be the model's.
         calibration: a calibration file; the inputs are then raw frames.
-        background: counts per pixel (after the dark frame, if calibrated).
+        background: the constant level, counts per pixel (after the dark
+            frame, if calibrated; any sign), or ``"auto"``: estimated from up
+            to 8 frames spread over the recording and recorded in the
+            provenance (``background``, ``background_estimated``).
         batch: frames per batch.
         device: "auto" (CUDA when present), "cpu", "cuda", "cuda:N".
         precision: "fp32", or "tf32"/"bf16" for the operator on CUDA.
@@ -123,7 +127,7 @@ def reconstruct_files(
             frames (:mod:`lfm_recon.guard`) and warns when it explains them
             much worse; ``"fallback"`` then reconstructs with RL instead;
             ``"off"`` skips the check. Its finding goes to the provenance.
-        options: n_iter, lam_fraction, rho, prior for the solvers.
+        options: n_iter, lam_fraction, rho, prior, filter for the solvers.
 
     Returns:
         :class:`RunReport`.
@@ -158,6 +162,9 @@ def reconstruct_files(
             )
             recording = Recording(inputs)
             cal = _calibration(calibration, fn.op, recording, provenance)
+            if fn.background is None:  # "auto": from the frames, before the manifest
+                fn.set_background(recording_background(recording, cal, fn.op.nnum))
+                provenance.update(fn.parameters())
             if method == "net":
                 fn = _adapt_and_check(fn, recording, cal, adapt, guard, group, provenance)
             provenance.update(
@@ -202,7 +209,14 @@ def _adapt_and_check(fn, recording, cal, steps, guard, group, provenance):
     from ..adapt import AdaptConfig, adapt
     from ..guard import check_network
 
-    bg = fn.background
+    level = fn.background  # the frames' constant level (any sign, see Reconstructor)
+    bg = fn.solver_background  # the model's background after lifting the frames
+
+    def frames_at(indices):
+        return (
+            np.concatenate([_load(recording, cal, (int(i), int(i) + 1)) for i in indices]) + fn.lift
+        )
+
     net = fn.net
     if steps:
         config = AdaptConfig(steps=steps)
@@ -210,8 +224,7 @@ def _adapt_and_check(fn, recording, cal, steps, guard, group, provenance):
         provenance["adaptation"] = {"config": asdict(config), "frames": picked.tolist()}
         state = None
         if group.rank == 0:
-            frames = np.concatenate([_load(recording, cal, (int(i), int(i) + 1)) for i in picked])
-            tuned, record = adapt(net, frames, bg, config)
+            tuned, record = adapt(net, frames_at(picked), bg, config)
             state = {
                 k: v.cpu() if isinstance(v, torch.Tensor) else v
                 for k, v in tuned.state_dict().items()
@@ -222,10 +235,10 @@ def _adapt_and_check(fn, recording, cal, steps, guard, group, provenance):
             }
         state = group.all_gather(state)[0]
         net.load_state_dict(state)
-        fn = Reconstructor(net, "net", background=bg)
+        fn = Reconstructor(net, "net", background=level)
     if guard != "off" and group.rank == 0:
         picked = np.unique(np.linspace(0, len(recording) - 1, min(3, len(recording))))
-        frames = np.concatenate([_load(recording, cal, (int(i), int(i) + 1)) for i in picked])
+        frames = frames_at(picked)
         signal = (frames - bg).mean(axis=(1, 2)) > 0
         if signal.any():
             report = check_network(net, frames[signal], bg, indices=picked[signal])
@@ -234,7 +247,7 @@ def _adapt_and_check(fn, recording, cal, steps, guard, group, provenance):
     suspect = bool(provenance.get("guard", {}).get("suspect"))
     if guard == "fallback" and group.all_gather(suspect)[0]:
         provenance["guard_fallback"] = "rl"
-        fn = Reconstructor(net.op, "rl", background=bg)
+        fn = Reconstructor(net.op, "rl", background=level)
         provenance.update(fn.parameters())
     return fn
 

@@ -1,10 +1,9 @@
-"""Lenslet-grid calibration and rectification of raw light-field frames.
+"""The lenslet grid on a raw camera frame, and its fit to a white frame.
 
 A real camera sees a non-integer number of pixels per microlens, and the
-microlens array (MLA) sits slightly rotated and offset on it. This module fits
-the lenslet grid from a white (radiometry) frame and resamples any raw frame to
-the operator's layout (DESIGN.md): nnum × nnum pixels per lenslet, lenslet
-(0, 0) at the top left, the grid axis-aligned.
+microlens array (MLA) sits slightly rotated and offset on it. This module
+describes that lattice (:class:`LensletGrid`) and fits it to a white
+(radiometry) frame (:func:`fit_lenslet_grid`).
 
 Notation:
     raw frame      (Y, X) camera pixels. Pixel (row, column) has its centre at
@@ -18,10 +17,7 @@ Notation:
     rotation       degrees, positive = counter-clockwise as displayed with row 0
                    at the top (matplotlib ``imshow``): a = p_y (cos θ, sin θ),
                    b = p_x (−sin θ, cos θ) in (y, x) components.
-    rectified      (ny·nnum, nx·nnum) px; rectified pixel (r, c) samples
-                   lenslet coordinate (i0 + (r+½)/nnum − ½, j0 + (c+½)/nnum − ½),
-                   (i0, j0) the crop's first lenslet: each lenslet's nnum × nnum
-                   block is centred on its lenslet centre.
+    cell           the parallelogram lenslet (i, j) ± ½ along both axes.
     lengths        µm (mla_pitch, pixel sizes).
 
 Grid fit (:func:`fit_lenslet_grid`):
@@ -40,49 +36,23 @@ Grid fit (:func:`fit_lenslet_grid`):
        The quality figure is the RMS distance of the spot centroids from the
        fitted grid.
 
-Radiometry (:func:`lenslet_transmission`): the flat field is one number per
-rectified lenslet, its share of the rectified white frame (white − dark summed
-over its nnum × nnum block, over the median lenslet's sum). Rectified frames
-are divided by it block by block, so the rectified image of the white sample
-itself becomes exactly uniform per lenslet (vignetting and lenslet-to-lenslet
-transmission corrected) while the pattern *inside* each lenslet, the pupil
-image that the PSF model already predicts, is kept. Being per lenslet, it
-never divides by the near-zero gaps between spots; lenslets with under
-``FLAT_FLOOR`` of the median light (outside the illuminated field) are
-corrected as if they had that much, so their noise is amplified at most 20×.
-
-Rectification (:func:`rectify`) interpolates linearly (order 1): it keeps
-intensities non-negative and does not ring at the sharp edges of the lenslet
-images (cubic splines overshoot there, giving negative values that a Poisson
-solver cannot take). It multiplies by the rectified pixel's area in raw pixels
-(|a × b| / nnum²) so the rectified image keeps the raw counts (flux per
-lenslet preserved): Richardson–Lucy and other Poisson-likelihood solvers
-assume photon counts.
+The fitted pitch can be checked against the nominal optics
+(:func:`check_pitch`: mla_pitch / camera pixel).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
 from dataclasses import dataclass
-from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from . import __version__
-from ._h5 import atomic_write, open_checked
-from .errors import LFMError
-from .microscope import Microscope
+from ..errors import LFMError
+from ._input import _dark_subtracted
 
-FORMAT = "lfm_recon.calibration"
-FORMAT_VERSION = 1
-
-INTERPOLATION_ORDER = 1  # see the module doc: non-negative, no ringing
-FLAT_FLOOR = 0.05  # smallest relative lenslet transmission the flat field divides by
 PITCH_WARNING = 0.01  # relative disagreement with the nominal pitch that warns
 PITCH_ERROR = 0.05  # ... and that is an error
 
@@ -229,43 +199,6 @@ class LensletGrid:
         if self.n_spots:
             text += f"; fit RMS {self.rms_residual:.3f} px over {self.n_spots} spots"
         return text
-
-
-# --- input checks --------------------------------------------------------------
-def _frame(array, what: str) -> np.ndarray:
-    """A (Y, X) float64 frame; a (T, Y, X) stack is averaged over T."""
-    a = np.asarray(array)
-    if a.dtype.kind not in "uif":
-        raise LFMError(f"{what} must be a numeric image, got dtype {a.dtype}")
-    if a.ndim == 3:
-        a = a.mean(axis=0)
-    if a.ndim != 2:
-        raise LFMError(f"{what} must be (Y, X) or a (T, Y, X) stack, got shape {a.shape}")
-    a = a.astype(np.float64)
-    bad = int(np.count_nonzero(~np.isfinite(a)))
-    if bad:
-        raise LFMError(
-            f"{what} has {bad} NaN or infinite pixel(s); pass the camera's raw frame"
-            " (replace dead pixels by a neighbour's value first)"
-        )
-    return a
-
-
-def _same_shape(shape: tuple[int, ...], expected: tuple[int, ...], what: str, ref: str) -> None:
-    if tuple(shape) != tuple(expected):
-        raise LFMError(
-            f"{what} is {shape[0]}×{shape[1]} px but {ref} is {expected[0]}×{expected[1]} px;"
-            " use frames from the same camera region of interest and binning"
-        )
-
-
-def _dark_subtracted(white, dark) -> np.ndarray:
-    img = _frame(white, "white frame")
-    if dark is not None:
-        d = _frame(dark, "dark frame")
-        _same_shape(d.shape, img.shape, "the dark frame", "the white frame")
-        img = img - d
-    return img
 
 
 # --- grid fit ----------------------------------------------------------------
@@ -552,305 +485,7 @@ def _largest_change(old: LensletGrid, new: LensletGrid, shape) -> float:
     return float(np.max(np.hypot(y1 - y0, x1 - x0)))
 
 
-# --- radiometry --------------------------------------------------------------
-def lenslet_transmission(rectified_white: np.ndarray, nnum: int) -> np.ndarray:
-    """Relative transmission of each lenslet: the flat field.
-
-    Args:
-        rectified_white: float (ny·nnum, nx·nnum), the rectified white frame
-            minus dark.
-        nnum: rectified pixels per lenslet.
-
-    Returns:
-        float32 (ny, nx): each block's sum over the median block sum, at least
-        ``FLAT_FLOOR``. Divide rectified frames by it block by block (see the
-        module doc for why per lenslet).
-    """
-    ny, nx = rectified_white.shape[0] // nnum, rectified_white.shape[1] // nnum
-    sums = rectified_white.reshape(ny, nnum, nx, nnum).sum(axis=(1, 3), dtype=np.float64)
-    reference = float(np.median(sums))
-    if not reference > 0:
-        raise LFMError(
-            "the white frame minus the dark frame has no light in its lenslets; check that"
-            " the white frame is not the dark frame and the dark frame is from the same camera"
-        )
-    return np.maximum(sums / reference, FLAT_FLOOR).astype(np.float32)
-
-
-# --- rectification -----------------------------------------------------------
-def whole_lenslets(grid: LensletGrid, shape: tuple[int, int]) -> tuple[tuple, tuple]:
-    """The largest axis-aligned block of lenslets whose cells all lie inside
-    a (Y, X) frame: ((i0, j0) first lenslet, (ny, nx) lenslet counts)."""
-    i, j, valid = _valid_box(grid, shape)
-    best, best_area = None, 0
-    heights = np.zeros(valid.shape[1], dtype=int)
-    for row in range(valid.shape[0]):  # largest rectangle under a histogram, per row
-        heights = np.where(valid[row], heights + 1, 0)
-        stack: list[int] = []
-        for col in range(len(heights) + 1):
-            h = heights[col] if col < len(heights) else 0
-            while stack and heights[stack[-1]] >= h:
-                top = stack.pop()
-                left = stack[-1] + 1 if stack else 0
-                area = heights[top] * (col - left)
-                if area > best_area:
-                    best_area = area
-                    best = (row - heights[top] + 1, left, int(heights[top]), col - left)
-            stack.append(col)
-    if best is None:
-        raise LFMError(f"no whole lenslet fits inside the {shape[0]}×{shape[1]} px frame")
-    r, c, h, w = best
-    return (int(i[r]), int(j[c])), (h, w)
-
-
-def _valid_box(grid, shape):
-    """Lenslet index ranges covering the frame and which cells are whole."""
-    ys, xs = np.array([0, 0, shape[0] - 1, shape[0] - 1]), np.array([0, shape[1] - 1] * 2)
-    fi, fj = grid.raw_to_lenslet(ys, xs)
-    i = np.arange(math.floor(fi.min()), math.ceil(fi.max()) + 1)
-    j = np.arange(math.floor(fj.min()), math.ceil(fj.max()) + 1)
-    valid = _cell_corners_inside(grid, i[:, None], j[None, :], shape, margin=-0.5)
-    return i, j, valid
-
-
-def _centred_block(grid, shape, lenslets) -> tuple[tuple, tuple]:
-    """(i0, j0) of an (ny, nx) block centred on the frame; error if it does not fit."""
-    try:
-        ny, nx = (int(v) for v in lenslets)
-    except (TypeError, ValueError):
-        raise LFMError(f"lenslets must be (ny, nx) integers, got {lenslets!r}") from None
-    if ny < 1 or nx < 1 or (ny, nx) != tuple(lenslets):
-        raise LFMError(f"lenslets must be (ny, nx) positive integers, got {lenslets!r}")
-    ci, cj = grid.raw_to_lenslet((shape[0] - 1) / 2, (shape[1] - 1) / 2)
-    i0, j0 = round(float(ci) - (ny - 1) / 2), round(float(cj) - (nx - 1) / 2)
-    i, j = np.arange(i0, i0 + ny)[:, None], np.arange(j0, j0 + nx)[None, :]
-    if not _cell_corners_inside(grid, i, j, shape, margin=-0.5).all():
-        _, most = whole_lenslets(grid, shape)
-        raise LFMError(
-            f"{ny}×{nx} lenslets centred on the {shape[0]}×{shape[1]} px frame do not all lie"
-            f" inside it; the largest whole block is {most[0]}×{most[1]} lenslets: ask for"
-            " fewer (or leave lenslets unset for the largest)"
-        )
-    return (i0, j0), (ny, nx)
-
-
-def rectify_coordinates(grid: LensletGrid, nnum: int, first: tuple, lenslets: tuple):
-    """Raw (y, x) px sampled by each rectified pixel: float64 (2, ny·nnum, nx·nnum)."""
-    (i0, j0), (ny, nx) = first, lenslets
-    fi = i0 - 0.5 + (np.arange(ny * nnum) + 0.5) / nnum
-    fj = j0 - 0.5 + (np.arange(nx * nnum) + 0.5) / nnum
-    return np.stack(grid.lenslet_to_raw(fi[:, None], fj[None, :]))
-
-
-def rectify(
-    raw, grid: LensletGrid, nnum: int, first: tuple, lenslets: tuple, order: int = 1
-) -> np.ndarray:
-    """Resample a (dark- and flat-corrected) raw frame to the operator's layout.
-
-    Args:
-        raw: (Y, X) or (T, Y, X) raw frame(s), counts.
-        grid: the lenslet grid on the raw frame.
-        nnum: rectified pixels per lenslet along each axis.
-        first: (i0, j0) grid index of the rectified lenslet (0, 0).
-        lenslets: (ny, nx) lenslets to keep.
-        order: spline order of the interpolation (1, the default, keeps values
-            non-negative; see the module doc).
-
-    Returns:
-        float32 (ny·nnum, nx·nnum) (or (T, …)), scaled by the rectified pixel
-        area |a × b| / nnum² in raw pixels so counts are preserved.
-    """
-    coords = rectify_coordinates(grid, nnum, first, lenslets)
-    return _resample(np.asarray(raw), coords, grid.cell_area / nnum**2, order)
-
-
-def _resample(raw: np.ndarray, coords: np.ndarray, scale: float, order: int) -> np.ndarray:
-    frames = raw.reshape(-1, *raw.shape[-2:])
-    out = np.empty((len(frames), *coords.shape[1:]), dtype=np.float32)
-    for t, frame in enumerate(frames):
-        # mode="nearest": samples within half a pixel of the frame edge do not fade.
-        out[t] = ndimage.map_coordinates(
-            np.asarray(frame, dtype=np.float32), coords, order=order, mode="nearest"
-        )
-    out *= np.float32(scale)
-    return out.reshape(*raw.shape[:-2], *coords.shape[1:])
-
-
-# --- the calibration ---------------------------------------------------------
-@dataclass(frozen=True, eq=False)
-class Calibration:
-    """Everything that turns raw camera frames into rectified light fields.
-
-    Attributes:
-        grid: the lenslet grid on the raw frame.
-        microscope: the optics of the *rectified* image (pixel_size is
-            mla_pitch / nnum exactly, as the PSF bank needs).
-        raw_shape: (Y, X) of the raw frames it applies to, px.
-        first_lenslet: (i0, j0) grid index of rectified lenslet (0, 0).
-        lenslets: (ny, nx) lenslets in the rectified image.
-        dark: float32 (Y, X) dark frame subtracted first, counts; or None.
-        flat: float32 (ny, nx) relative transmission of each rectified
-            lenslet, which rectified frames are divided by (see
-            :func:`lenslet_transmission`); or None.
-    """
-
-    grid: LensletGrid
-    microscope: Microscope
-    raw_shape: tuple[int, int]
-    first_lenslet: tuple[int, int]
-    lenslets: tuple[int, int]
-    dark: np.ndarray | None = None
-    flat: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.grid, LensletGrid):
-            raise LFMError(f"grid must be a LensletGrid, got {type(self.grid).__name__}")
-        if not isinstance(self.microscope, Microscope):
-            raise LFMError(f"microscope must be a Microscope, got {type(self.microscope).__name__}")
-        for name in ("raw_shape", "first_lenslet", "lenslets"):
-            value = tuple(int(v) for v in np.ravel(getattr(self, name)))
-            if len(value) != 2:
-                raise LFMError(f"{name} must be two integers, got {getattr(self, name)!r}")
-            object.__setattr__(self, name, value)
-        if min(self.lenslets) < 1 or min(self.raw_shape) < 1:
-            raise LFMError(
-                f"raw_shape {self.raw_shape} and lenslets {self.lenslets} must be positive"
-            )
-        for name, shape in (("dark", self.raw_shape), ("flat", self.lenslets)):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            array = np.array(value, dtype=np.float32)
-            if array.shape != shape:
-                raise LFMError(
-                    f"the calibration's {name} must have shape {shape}, got {array.shape}"
-                )
-            if not np.all(np.isfinite(array)):
-                raise LFMError(f"the calibration's {name} frame has NaN or infinite values")
-            if name == "flat" and array.min() <= 0:
-                raise LFMError("the calibration's flat field must be positive")
-            array.setflags(write=False)
-            object.__setattr__(self, name, array)
-        i0, j0 = self.first_lenslet
-        ny, nx = self.lenslets
-        i, j = np.arange(i0, i0 + ny)[:, None], np.arange(j0, j0 + nx)[None, :]
-        if not _cell_corners_inside(self.grid, i, j, self.raw_shape, margin=-0.5).all():
-            raise LFMError(
-                f"lenslets {i0}…{i0 + ny - 1} × {j0}…{j0 + nx - 1} of the grid do not all lie"
-                f" inside the {self.raw_shape[0]}×{self.raw_shape[1]} px raw frame"
-            )
-
-    @property
-    def nnum(self) -> int:
-        """Rectified pixels per lenslet (the microscope's and PSF bank's nnum)."""
-        return self.microscope.nnum
-
-    @property
-    def rectified_shape(self) -> tuple[int, int]:
-        """(Y, X) = (ny·nnum, nx·nnum) of the rectified light field, px."""
-        return self.lenslets[0] * self.nnum, self.lenslets[1] * self.nnum
-
-    @property
-    def raw_pixel_size(self) -> tuple[float, float]:
-        """Effective raw pixel (y, x) in the sensor (MLA) plane, µm:
-        mla_pitch / fitted pixels per lenslet."""
-        pitch = self.microscope.mla_pitch
-        return pitch / self.grid.pitch_y, pitch / self.grid.pitch_x
-
-    @cached_property
-    def _coordinates(self) -> np.ndarray:
-        return rectify_coordinates(self.grid, self.nnum, self.first_lenslet, self.lenslets)
-
-    def apply(self, raw) -> np.ndarray:
-        """Dark-subtract, rectify and flat-correct raw frame(s).
-
-        The dark frame is subtracted in raw pixels; after rectification each
-        lenslet's block is divided by its transmission (the flat field is per
-        lenslet, so this equals dividing before rectifying). Values below zero
-        after dark subtraction are kept: clipping would bias the noise mean.
-
-        Args:
-            raw: (Y, X) or (T, Y, X) camera frame(s) of ``raw_shape``, counts.
-
-        Returns:
-            float32 (ny·nnum, nx·nnum) or (T, ny·nnum, nx·nnum) light field(s)
-            in the operator's layout, counts per rectified pixel.
-        """
-        raw = np.asarray(raw)
-        if raw.ndim not in (2, 3) or raw.dtype.kind not in "uif":
-            raise LFMError(
-                f"raw frames must be numeric (Y, X) or (T, Y, X), got {raw.dtype} {raw.shape}"
-            )
-        _same_shape(raw.shape[-2:], self.raw_shape, "the raw frame", "the calibration's frame")
-        x = raw.astype(np.float32)
-        if raw.dtype.kind == "f" and not np.all(np.isfinite(x)):
-            raise LFMError("the raw frame has NaN or infinite pixels; pass the camera's frame")
-        if self.dark is not None:
-            x -= self.dark
-        out = _resample(
-            x, self._coordinates, self.grid.cell_area / self.nnum**2, INTERPOLATION_ORDER
-        )
-        if self.flat is not None:
-            n = self.nnum
-            out /= np.repeat(np.repeat(self.flat, n, axis=0), n, axis=1)
-        return out
-
-    def summary(self) -> str:
-        """Human-readable lines: grid, effective pixel, crop and corrections."""
-        py, px = self.raw_pixel_size
-        ny, nx = self.lenslets
-        return "\n".join(
-            [
-                self.grid.describe(),
-                f"raw pixel   {py:.4f} × {px:.4f} µm effective (mla_pitch"
-                f" {self.microscope.mla_pitch:g} µm / fitted pitch)",
-                f"raw frame   {self.raw_shape[0]}×{self.raw_shape[1]} px; dark"
-                f" {'subtracted' if self.dark is not None else 'none'}, flat field"
-                f" {'per lenslet' if self.flat is not None else 'none'}",
-                f"rectified   {ny}×{nx} lenslets from grid index {self.first_lenslet},"
-                f" nnum {self.nnum}: {self.rectified_shape[0]}×{self.rectified_shape[1]} px"
-                f" of {self.microscope.pixel_size:.6g} µm",
-            ]
-        )
-
-    # --- file -------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write an HDF5 file atomically: attributes grid and microscope (JSON),
-        raw_shape, first_lenslet, lenslets; datasets ``dark`` (float32 (Y, X))
-        and ``flat`` (float32 (ny, nx)) when present."""
-        path = Path(path)
-        with atomic_write(path, FORMAT, FORMAT_VERSION) as f:
-            f.attrs["grid"] = json.dumps(self.grid.to_dict())
-            f.attrs["microscope"] = json.dumps(self.microscope.to_dict())
-            f.attrs["raw_shape"] = self.raw_shape
-            f.attrs["first_lenslet"] = self.first_lenslet
-            f.attrs["lenslets"] = self.lenslets
-            f.attrs["lfm_recon_version"] = __version__
-            for name in ("dark", "flat"):
-                if getattr(self, name) is not None:
-                    f.create_dataset(
-                        name, data=getattr(self, name), compression="gzip", compression_opts=1
-                    )
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> Calibration:
-        """Read a file written by :meth:`save`."""
-        path = Path(path)
-        with open_checked(path, FORMAT, FORMAT_VERSION, "calibration", "lfm-recon calibrate") as f:
-            return cls(
-                grid=LensletGrid.from_dict(json.loads(f.attrs["grid"])),
-                microscope=Microscope.from_dict(
-                    json.loads(f.attrs["microscope"]), source=str(path)
-                ),
-                raw_shape=tuple(f.attrs["raw_shape"]),
-                first_lenslet=tuple(f.attrs["first_lenslet"]),
-                lenslets=tuple(f.attrs["lenslets"]),
-                dark=f["dark"][...] if "dark" in f else None,
-                flat=f["flat"][...] if "flat" in f else None,
-            )
-
-
+# --- the nominal optics ---------------------------------------------------------
 def check_pitch(grid: LensletGrid, mla_pitch: float, raw_pixel_size: float) -> None:
     """Compare the fitted pitch with the nominal mla_pitch / raw_pixel_size.
 
@@ -881,126 +516,3 @@ def check_pitch(grid: LensletGrid, mla_pitch: float, raw_pixel_size: float) -> N
             CalibrationWarning,
             stacklevel=3,
         )
-
-
-# Fields that shape the light-field PSF. tube_lens_focal_length is left out:
-# it is informational (the PSF depends on the magnification only).
-_OPTICS = (
-    "magnification",
-    "numerical_aperture",
-    "medium_index",
-    "wavelength",
-    "mla_pitch",
-    "mla_focal_length",
-    "pixel_size",
-    "mla_to_sensor",
-)
-
-
-def check_bank(calibration: Calibration, bank) -> None:
-    """Check that a PSF bank fits the light fields a calibration produces.
-
-    The bank must have the calibration's nnum (rectified pixels per lenslet)
-    and be computed for the same optics: magnification, NA, medium index,
-    wavelength, MLA pitch and focal length, rectified pixel size and
-    MLA-to-sensor distance equal within 1e-9 (relative); the informational
-    tube lens focal length may differ.
-
-    Args:
-        calibration: the :class:`Calibration` the light fields come from.
-        bank: a :class:`~lfm_recon.PSFBank` (only its ``nnum`` and
-            ``microscope`` are read, so this module needs no PSF import).
-
-    Raises:
-        LFMError: naming both values of every field that differs and saying
-            how to build a matching bank.
-    """
-    if not isinstance(calibration, Calibration):
-        raise LFMError(f"calibration must be a Calibration, got {type(calibration).__name__}")
-    cal, other = calibration.microscope, bank.microscope
-    fix = (
-        "build the PSF bank from the calibration's optics: `lfm-recon psf CALIBRATION.h5"
-        " --depths … -s …` (a calibration file is accepted as the microscope)"
-    )
-    if calibration.nnum != bank.nnum:
-        raise LFMError(
-            f"the calibration rectifies to nnum = {calibration.nnum} pixels per lenslet but the"
-            f" PSF bank has nnum = {bank.nnum}; {fix}"
-        )
-    differ = [
-        f"{name} {getattr(cal, name):.8g} vs {getattr(other, name):.8g}"
-        for name in _OPTICS
-        if not math.isclose(getattr(cal, name), getattr(other, name), rel_tol=1e-9)
-    ]
-    if differ:
-        raise LFMError(
-            "the calibration's microscope and the PSF bank's differ (calibration vs bank: "
-            + ", ".join(differ)
-            + f"); {fix}"
-        )
-
-
-def calibrate(
-    white,
-    dark=None,
-    *,
-    microscope: Microscope,
-    raw_pixel_size: float | None = None,
-    nnum: int | None = None,
-    lenslets: tuple[int, int] | None = None,
-    flat: bool = True,
-) -> Calibration:
-    """Fit the lenslet grid to a white frame and build a :class:`Calibration`.
-
-    Args:
-        white: (Y, X) white (radiometry) frame, counts; a (T, Y, X) stack is
-            averaged.
-        dark: optional dark frame of the same size (also averaged if a stack).
-        microscope: the optics of the rectified image (e.g. a preset); its
-            nnum is the PSF bank's.
-        raw_pixel_size: optional nominal camera pixel in the sensor (MLA) plane,
-            µm (e.g. 6.5). When given, the fitted pitch is checked against
-            mla_pitch / raw_pixel_size (see :func:`check_pitch`).
-        nnum: rectified pixels per lenslet; default ``microscope.nnum``. Another
-            value returns a microscope with pixel_size = mla_pitch / nnum.
-        lenslets: (ny, nx) lenslets to keep, centred on the frame; default the
-            largest whole-lenslet block inside the frame.
-        flat: compute a per-lenslet flat field from the white frame
-            (:func:`lenslet_transmission`).
-
-    Returns:
-        The :class:`Calibration`; ``calibration.apply(raw)`` rectifies frames.
-
-    Raises:
-        LFMError: no visible grid, frames of different sizes, NaN, a fitted
-            pitch more than 5 % from the nominal one, a crop that does not fit.
-    """
-    if not isinstance(microscope, Microscope):
-        raise LFMError(f"microscope must be a Microscope, got {type(microscope).__name__}")
-    white = _frame(white, "white frame")
-    dark = None if dark is None else _frame(dark, "dark frame")
-    if dark is not None:
-        _same_shape(dark.shape, white.shape, "the dark frame", "the white frame")
-    grid = fit_lenslet_grid(white, dark)
-    if raw_pixel_size is not None:
-        check_pitch(grid, microscope.mla_pitch, raw_pixel_size)
-    if nnum is not None:
-        if isinstance(nnum, bool) or not isinstance(nnum, (int, np.integer)) or nnum < 1:
-            raise LFMError(f"nnum must be a positive integer, got {nnum!r}")
-        microscope = dataclasses.replace(microscope, pixel_size=microscope.mla_pitch / int(nnum))
-    if lenslets is None:
-        first, size = whole_lenslets(grid, white.shape)
-    else:
-        first, size = _centred_block(grid, white.shape, lenslets)
-    calibration = Calibration(
-        grid=grid,
-        microscope=microscope,
-        raw_shape=white.shape,
-        first_lenslet=first,
-        lenslets=size,
-        dark=dark,
-    )
-    if not flat:
-        return calibration
-    transmission = lenslet_transmission(calibration.apply(white), calibration.nnum)
-    return dataclasses.replace(calibration, flat=transmission)
