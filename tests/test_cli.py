@@ -154,7 +154,7 @@ def test_demo_runs_the_pipeline_and_caches_its_network(tmp_path, monkeypatch, ca
         assert (out / name).stat().st_size > 0, name
     assert PSFBank.load(out / "psf.h5").voxels_per_lenslet == 5
     printed = capsys.readouterr().out
-    assert "Richardson–Lucy, 100 it." in printed and "unfolded network" in printed
+    assert "RL, 100 it., anti-aliased" in printed and "unfolded network" in printed
     net, info = read_volumes(out / "net.h5")
     assert net.shape == (4, 11, 105, 105)
     assert info["element_size_um"] == pytest.approx((10.0, 1.5, 1.5))  # z, y, x µm
