@@ -39,8 +39,14 @@ scaling, pooled detection F1):
 Each network run is repeated for ``--seeds`` seeds; tables give mean ± half
 the spread (max − min)/2. Times per volume are measured in this process.
 
-    python -m benchmarks.bench_generalisation [--steps 600] [--finetune 150]
+    python -m benchmarks.bench_generalisation --folder F [--steps 300] [--finetune 100]
         [--seeds 0,1,2] [--only fixed,sup,res,adv,tta] [--json out.json]
+    python -m benchmarks.bench_generalisation --folder F --summarise out-*.json
+
+Each network run also reports the guard's ratio (``lfm_recon.guard``: the
+network's deviance per photon over RL's at 50 iterations, on 3 test frames).
+Seeds can run in parallel processes (one ``--seeds`` each, same ``--folder``
+after a first process has made the data sets), merged with ``--summarise``.
 """
 
 from __future__ import annotations
@@ -48,7 +54,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -63,6 +68,7 @@ from lfm_recon import solvers as S
 from lfm_recon.adapt import AdaptConfig, adapt
 from lfm_recon.data import SimulatedData, sample, simulate_dataset
 from lfm_recon.evaluate import score
+from lfm_recon.guard import check_network
 from lfm_recon.modelfile import load_model
 from lfm_recon.training import TrainConfig, train
 
@@ -154,7 +160,9 @@ def fixed_training_set(folder: Path) -> Path:
 
 
 # --- methods -----------------------------------------------------------------------------------
-def rl_best(op, fam) -> dict:
+def rl_best(op, fam, filter: str = "antialias") -> dict:
+    """RL (the package's default: anti-aliased) at its best iteration count
+    on the family's validation set, scored on its test set."""
     val, test, b = fam["val"], fam["test"], fam["background"]
     curve = {}
 
@@ -162,13 +170,20 @@ def rl_best(op, fam) -> dict:
         if k in RL_CHECKPOINTS:
             curve[k] = score(x, val, np.arange(len(x)), op, b).summary()["psnr"]
 
-    S.RichardsonLucy(op, torch.from_numpy(val.lightfields), b).run(max(RL_CHECKPOINTS), callback=at)
+    y_val = torch.from_numpy(val.lightfields)
+    S.RichardsonLucy(op, y_val, b, filter=filter).run(max(RL_CHECKPOINTS), callback=at)
     n = max(curve, key=curve.get)
     y = torch.from_numpy(test.lightfields)
-    x = S.richardson_lucy(op, y, n, background=b)
-    out = {"iterations": n, **score(x, test, np.arange(len(y)), op, b).summary()}
-    out["s_per_volume"] = _time(lambda: S.richardson_lucy(op, y, n, background=b), op.device, 1)
-    out["s_per_volume"] /= len(y)
+
+    def run(v):
+        return S.richardson_lucy(op, v, n, background=b, filter=filter)
+
+    out = {
+        "iterations": n,
+        "filter": filter,
+        **score(run(y), test, np.arange(len(y)), op, b).summary(),
+    }
+    out["s_per_volume"] = _time(lambda: run(y), op.device, 1) / len(y)
     return out
 
 
@@ -204,18 +219,33 @@ def run_training(folder: Path, name: str, seed: int, steps: int, data: dict, los
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=600, help="steps of each base training")
-    parser.add_argument("--finetune", type=int, default=150, help="steps of each fine-tuning")
-    parser.add_argument("--adapt-steps", type=int, default=50)
+    parser.add_argument("--folder", required=True, help="cache of data sets, RL figures and runs")
+    parser.add_argument("--steps", type=int, default=300, help="steps of each base training")
+    parser.add_argument("--finetune", type=int, default=100, help="steps of each fine-tuning")
+    parser.add_argument("--adapt-steps", type=int, default=30)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--only", default="fixed,sup,res,adv,tta")
     parser.add_argument("--families", default=",".join(FAMILIES))
-    parser.add_argument("--folder", default=None, help="cache of data sets and runs")
-    parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--tune-families", default="sparse-processes,bright-point", help="for +res and +adv"
+    )
+    parser.add_argument("--json", default=None, help="this process's results")
+    parser.add_argument(
+        "--no-rl", action="store_true", help="skip the RL baselines (another process makes them)"
+    )
+    parser.add_argument("--summarise", nargs="*", default=None, help="JSON files to merge")
     args = parser.parse_args()
-    parts = set(args.only.split(","))
-    folder = Path(args.folder or tempfile.mkdtemp(prefix="bench_generalisation-"))
+    folder = Path(args.folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if args.summarise is not None:
+        merged = {"runs": [], "rl": json.loads((folder / "rl.json").read_text())}
+        for path in args.summarise:
+            part = json.loads(Path(path).read_text())
+            merged["families"] = part["families"]
+            merged["runs"] += part["runs"]
+        summarise(merged)
+        return
+    parts = set(args.only.split(","))
     bank, _ = banks(folder)
     bank.save(folder / "bank.h5")
     op = LightFieldOperator(bank)
@@ -227,26 +257,36 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1, default=float))
 
+    rl_cache = folder / "rl.json"
+    cached = json.loads(rl_cache.read_text()) if rl_cache.exists() else {}
     for n in names:
-        out["rl"][n] = rl_best(op, fams[n])
-        r = out["rl"][n]
-        print(f"rl {n}: {r['iterations']} it., PSNR {r['psnr']:.2f}, F1 {r['f1']:.3f}", flush=True)
-        save()
+        if n not in cached and not args.no_rl:
+            cached[n] = rl_best(op, fams[n])
+            rl_cache.write_text(json.dumps(cached, indent=1, default=float))
+        if n in cached:
+            out["rl"][n] = r = cached[n]
+            print(f"rl {n}: {r['iterations']} it., PSNR {r['psnr']:.2f}, F1 {r['f1']:.3f}")
+    save()
 
     def record(method, seed, net, train_s, fam_names=names):
         for n in fam_names:
             s = net_scores(net, fams[n])
+            fam = fams[n]
+            guard = check_network(net, fam["test"].lightfields[:3], fam["background"])
             row = {"method": method, "seed": seed, "family": n, "train_s": train_s, **s}
+            row["guard_ratio"] = guard.ratio
             out["runs"].append(row)
-            delta = s["psnr"] - out["rl"][n]["psnr"]
+            rl = out["rl"].get(n)
+            versus = f" ({s['psnr'] - rl['psnr']:+.2f} vs RL)" if rl else ""
             print(
-                f"{method} seed {seed} {n}: PSNR {s['psnr']:.2f} ({delta:+.2f} vs RL),"
-                f" F1 {s['f1']:.3f}",
+                f"{method} seed {seed} {n}: PSNR {s['psnr']:.2f}{versus},"
+                f" F1 {s['f1']:.3f}, guard {guard.ratio:.2f}",
                 flush=True,
             )
         save()
 
     sim = {"simulate": SIMULATE}
+    semi = {"resynthesis": 1.0, "resynthesis_kind": "poisson", "resynthesis_holdout": 0.2}
     for seed in [int(s) for s in args.seeds.split(",")]:
         if "fixed" in parts:
             train_path = fixed_training_set(folder)
@@ -256,35 +296,10 @@ def main() -> None:
         if not parts & {"sup", "res", "adv", "tta"}:
             continue
         base, secs = run_training(folder, "sup", seed, args.steps, sim, {})
-        if "sup" in parts:
-            record("sup", seed, base, secs)
-        model_path = folder / f"run-sup-s{seed}" / "model.pt"
+        record("sup", seed, base, secs)
+        tune = {"init_model": str(folder / f"run-sup-s{seed}" / "model.pt")}
         for n in names:
             fam = fams[n]
-            unlabeled = {
-                **sim,
-                "unlabeled": [str(fam["tif"])],
-                "frames_background": fam["background"],
-            }
-            semi = {"resynthesis": 1.0, "resynthesis_kind": "poisson", "resynthesis_holdout": 0.2}
-            tune = {"init_model": str(model_path)}
-            if "res" in parts:
-                net, secs = run_training(
-                    folder, f"res-{n}", seed, args.finetune, unlabeled, semi, **tune
-                )
-                record("+res", seed, net, secs, [n])
-            if "adv" in parts:
-                adv = {**unlabeled, "unpaired_volumes": [str(fam["volumes_file"])]}
-                net, secs = run_training(
-                    folder,
-                    f"adv-{n}",
-                    seed,
-                    args.finetune,
-                    adv,
-                    {**semi, "adversarial": 0.02},
-                    **tune,
-                )
-                record("+adv", seed, net, secs, [n])
             if "tta" in parts:
                 start = time.perf_counter()
                 tuned, _ = adapt(
@@ -294,8 +309,26 @@ def main() -> None:
                     AdaptConfig(steps=args.adapt_steps, seed=seed),
                 )
                 record("+tta", seed, tuned, time.perf_counter() - start, [n])
-    summarise(out)
+            if n not in args.tune_families.split(","):
+                continue
+            unlabeled = {
+                **sim,
+                "unlabeled": [str(fam["tif"])],
+                "frames_background": fam["background"],
+            }
+            if "res" in parts:
+                net, secs = run_training(
+                    folder, f"res-{n}", seed, args.finetune, unlabeled, semi, **tune
+                )
+                record("+res", seed, net, secs, [n])
+            if "adv" in parts:
+                adv = {**unlabeled, "unpaired_volumes": [str(fam["volumes_file"])]}
+                loss = {**semi, "adversarial": 0.02}
+                net, secs = run_training(folder, f"adv-{n}", seed, args.finetune, adv, loss, **tune)
+                record("+adv", seed, net, secs, [n])
     save()
+    if len(out["rl"]) == len(names):
+        summarise(out)
 
 
 def summarise(out: dict) -> None:
