@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .errors import LFMError
+from .recording import spread
 from .training import losses
 from .training.data import frame_set
 from .training.sampler import draw_patch, stack_patches
@@ -116,7 +117,7 @@ def adapt(
     if y.ndim != 4 or y.shape[1] != 1:
         raise LFMError(f"frames must be (T, Y, X) or (T, 1, Y, X), got {tuple(y.shape)}")
     net.normalise(y[:1], background)  # checks size, NaN and background with clear errors
-    picked = np.unique(np.linspace(0, len(y) - 1, min(cfg.frames, len(y))).round().astype(int))
+    picked = spread(len(y), cfg.frames)
     op = net.op
     device = op.device
     nnum, s = op.nnum, op.voxels_per_lenslet

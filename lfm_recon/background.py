@@ -57,6 +57,7 @@ import math
 import numpy as np
 
 from .errors import LFMError
+from .recording import spread
 
 AUTO = "auto"  # what --background takes to estimate the level
 DARK_SHARE = 0.02  # share of the cell positions taken as dark corners (see the module doc)
@@ -143,7 +144,7 @@ def sample_indices(count: int, n: int = SAMPLE_FRAMES) -> np.ndarray:
     and last included), the frames a recording's level is estimated from."""
     if count < 1:
         raise LFMError("no frames to estimate the background from")
-    return np.unique(np.linspace(0, count - 1, min(n, count)).round().astype(int))
+    return spread(count, n)
 
 
 def frames_background(frames, nnum: int, calibration=None) -> float:

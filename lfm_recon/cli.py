@@ -366,7 +366,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_adapt(args: argparse.Namespace) -> None:
     from .adapt import AdaptConfig, adapt
     from .modelfile import load_model, save_model
-    from .recording import Recording
+    from .recording import Recording, spread
 
     out = Path(args.output)
     _check_output(out, args.overwrite)
@@ -382,8 +382,8 @@ def _cmd_adapt(args: argparse.Namespace) -> None:
     )
     net = load_model(args.model, device=_device(args.device))
     recording = Recording(args.inputs)
-    picked = np.unique(np.linspace(0, len(recording) - 1, min(config.frames, len(recording))))
-    frames = np.stack([recording.read(int(i), int(i) + 1)[0] for i in picked.round()])
+    picked = spread(len(recording), config.frames)
+    frames = np.stack([recording.read(int(i), int(i) + 1)[0] for i in picked])
     tuned, record = adapt(net, frames, args.background, config, progress=not args.quiet)
     record["inputs"] = [str(p) for p in args.inputs]
     record["model"] = str(args.model)

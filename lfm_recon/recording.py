@@ -261,3 +261,9 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def spread(count: int, n: int) -> np.ndarray:
+    """Up to ``n`` indices spread evenly over ``count`` frames (first and last
+    included): the frames a whole recording is judged or adapted on."""
+    return np.unique(np.linspace(0, count - 1, min(n, count)).round().astype(int))

@@ -40,7 +40,7 @@ from .. import __version__
 from .._device import resolve_device
 from ..background import recording_background
 from ..errors import LFMError
-from ..recording import Recording, file_sha256
+from ..recording import Recording, file_sha256, spread
 from .lock import OutputLock
 from .qc import flag, frame_qc
 from .reconstructor import Reconstructor, check_batch, load_reconstructor
@@ -220,7 +220,7 @@ def _adapt_and_check(fn, recording, cal, steps, guard, group, provenance):
     net = fn.net
     if steps:
         config = AdaptConfig(steps=steps)
-        picked = np.unique(np.linspace(0, len(recording) - 1, min(config.frames, len(recording))))
+        picked = spread(len(recording), config.frames)
         provenance["adaptation"] = {"config": asdict(config), "frames": picked.tolist()}
         state = None
         if group.rank == 0:
@@ -237,7 +237,7 @@ def _adapt_and_check(fn, recording, cal, steps, guard, group, provenance):
         net.load_state_dict(state)
         fn = Reconstructor(net, "net", background=level)
     if guard != "off" and group.rank == 0:
-        picked = np.unique(np.linspace(0, len(recording) - 1, min(3, len(recording))))
+        picked = spread(len(recording), 3)
         frames = frames_at(picked)
         signal = (frames - bg).mean(axis=(1, 2)) > 0
         if signal.any():
