@@ -69,6 +69,7 @@ def main() -> None:
         lenslets=(lenslets, lenslets),
         photons=300,
         background=5,
+        seed=1,  # a fixed seed: the same data set every run (the CLI draws a fresh one)
     )
     data.save(out / "data.h5")
     print(f"wrote {out / 'phantom_lightfield.png'} and {out / 'data.h5'}")

@@ -22,9 +22,13 @@ from lfm_recon.solvers import richardson_lucy
 
 @pytest.fixture(scope="module")
 def frames(small_bank):
-    """Two noisy 21×21-lenslet light fields of simulated neurons (reference
-    optics, nnum 15), background 5 photons, read noise 2."""
-    return simulate_dataset(small_bank, 0, 2, lenslets=(21, 21), background=5.0, read_noise=2.0)
+    """Eight noisy 21×21-lenslet light fields of simulated neurons (reference
+    optics, nnum 15), background 5 photons, read noise 2. Seeded: over random
+    seeds the estimate's spread is 0.6 % of the level with 8 frames (1.1 %
+    with 2), so the 2 % tolerance below is about 3σ, not a coin toss."""
+    return simulate_dataset(
+        small_bank, 0, 8, lenslets=(21, 21), background=5.0, read_noise=2.0, seed=21
+    )
 
 
 @pytest.mark.parametrize(
@@ -41,7 +45,7 @@ def test_known_level_is_recovered_within_2_percent(small_bank, frames, backgroun
         y = frames.unlabeled[:, 0]
     else:
         data = simulate_dataset(
-            small_bank, 0, 2, lenslets=(21, 21), background=background, read_noise=2.0
+            small_bank, 0, 8, lenslets=(21, 21), background=background, read_noise=2.0, seed=22
         )
         y = data.unlabeled[:, 0]
     level = background + offset  # the camera offset the dark frame did not remove
