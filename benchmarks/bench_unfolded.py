@@ -24,7 +24,7 @@ patches (light crossing the cut edges included), ``patch-scale`` normalises
 each patch by its own mean signal instead of its frame's.
 
     python -m benchmarks.bench_unfolded [--steps 800] [--variant-steps 250]
-        [--only baselines,main,ablation,variants] [--ablate margin] [--json out.json]
+        [--only baselines,main,ablation,variants] [--ablate margin] [--patch 11] [--json out.json]
 
 Run from the repository root.
 """
@@ -160,7 +160,9 @@ def baselines(op, val, test, rl_max: int) -> dict:
     return {"rl": rl, "fista": fista}
 
 
-def run_variant(name, model, loss, steps, budget, paths, folder, seed, test, device="cpu") -> dict:
+def run_variant(
+    name, model, loss, steps, budget, paths, folder, seed, test, device="cpu", patch=11
+) -> dict:
     train_path, val_path = paths
     config = TrainConfig.from_dict(
         {
@@ -174,7 +176,7 @@ def run_variant(name, model, loss, steps, budget, paths, folder, seed, test, dev
             "data": {
                 "train": str(train_path),
                 "validation": str(val_path),
-                "patch_lenslets": 11,
+                "patch_lenslets": patch,
                 "batch_size": 4,
                 "unlabeled_batch_size": 4,
             },
@@ -220,6 +222,9 @@ def main() -> None:
     parser.add_argument("--rl-max", type=int, default=1000)
     parser.add_argument("--only", default="baselines,main,ablation,variants")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--patch", type=int, default=11, help="training patch side, lenslets (0: whole frames)"
+    )
     parser.add_argument("--device", default="cpu", help="training and timing device")
     parser.add_argument("--match", default="", help="only the runs whose name contains this")
     parser.add_argument("--ablate", default="", help="margin and/or patch-scale (see the doc)")
@@ -238,7 +243,8 @@ def main() -> None:
     print(
         f"threads {torch.get_num_threads()}; {args.labelled} labelled, {args.unlabeled} unlabeled,"
         f" {args.validation} validation, {args.test} test volumes (21×21 lenslets, 11 depths,"
-        f" s 5); ablated: {args.ablate or 'nothing'}; in {folder}"
+        f" s 5); ablated: {args.ablate or 'nothing'}; patches {args.patch or 'whole frames'};"
+        f" in {folder}"
     )
     out: dict = {"runs": []}
     if "baselines" in parts:
@@ -262,7 +268,9 @@ def main() -> None:
     runs = [r for r in runs if args.match in r[0]]
     for name, model, loss, steps, budget in runs:
         paths = (train_path, val_path)
-        r = run_variant(name, model, loss, steps, budget, paths, folder, args.seed, test)
+        r = run_variant(
+            name, model, loss, steps, budget, paths, folder, args.seed, test, patch=args.patch
+        )
         out["runs"].append(r)
         if args.json:  # after every run: a long benchmark keeps what it measured
             Path(args.json).write_text(json.dumps(out, indent=1, default=float))
