@@ -295,8 +295,11 @@ def main() -> None:
             record("fixed", seed, net, secs)
         if not parts & {"sup", "res", "adv", "tta"}:
             continue
+        # The base of +res/+adv/+tta; recorded only when asked for, so that a
+        # seed's methods can be split over processes without duplicate rows.
         base, secs = run_training(folder, "sup", seed, args.steps, sim, {})
-        record("sup", seed, base, secs)
+        if "sup" in parts:
+            record("sup", seed, base, secs)
         tune = {"init_model": str(folder / f"run-sup-s{seed}" / "model.pt")}
         for n in names:
             fam = fams[n]
