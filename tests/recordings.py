@@ -16,6 +16,27 @@ T = 12  # frames in the test recording
 OUTPUTS = {"h5": "vol.h5", "tif": "vol.tif", "folder": "vol", "zarr": "vol.ome.zarr"}
 
 
+def slow_rl(root: Path) -> list:
+    """``lfm-recon`` arguments (no output, no ``-q``) of an RL run on the
+    recording slow enough to be stopped midway (300 iterations, batch 2)."""
+    return [
+        "reconstruct",
+        root / "series.tif",
+        "--psf",
+        root / "bank.h5",
+        "--method",
+        "rl",
+        "--iterations",
+        "300",
+        "--background",
+        "5",
+        "--batch",
+        "2",
+        "--device",
+        "cpu",
+    ]
+
+
 def make_recording(root: Path, bank, frames: int = T):
     """``root/series.tif`` (uint16 counts, 6×7 lenslets), ``root/bank.h5``
     and ``root/model.pt`` (an untrained 4-layer network with perturbed

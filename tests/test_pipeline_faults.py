@@ -5,7 +5,6 @@ ome-zarr-py with its scale, and the reconstructor's dtype."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from recordings import OUTPUTS, T, make_recording, read_back
+from recordings import OUTPUTS, T, make_recording, read_back, slow_rl
 
 from lfm_recon import LFMError, LightFieldOperator
 from lfm_recon.cli import main
@@ -31,12 +30,6 @@ KINDS = [
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _needs(kind):
     if kind == "zarr":
         pytest.importorskip("zarr")
@@ -51,32 +44,12 @@ def _cli(*args):
     return [sys.executable, "-m", "lfm_recon.cli", *map(str, args)]
 
 
-def _slow_rl(root):
-    """CLI arguments of a run slow enough to be stopped midway."""
-    return [
-        "reconstruct",
-        root / "series.tif",
-        "--psf",
-        root / "bank.h5",
-        "--method",
-        "rl",
-        "--iterations",
-        "300",
-        "--background",
-        "5",
-        "--batch",
-        "2",
-        "--device",
-        "cpu",
-    ]
-
-
 @pytest.fixture(scope="module")
 def slow_reference(recording, tmp_path_factory):
-    """The uninterrupted result of :func:`_slow_rl` (T, D, Yv, Xv)."""
+    """The uninterrupted result of :func:`recordings.slow_rl` (T, D, Yv, Xv)."""
     root, _, _ = recording
     out = tmp_path_factory.mktemp("reference") / "whole.h5"
-    done = subprocess.run(_cli(*_slow_rl(root), "-q", "-o", out), env=ENV, capture_output=True)
+    done = subprocess.run(_cli(*slow_rl(root), "-q", "-o", out), env=ENV, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     return read_volumes(out)
 
@@ -97,7 +70,7 @@ def test_sigkill_then_rerun_computes_only_the_missing_frames(
     _needs(kind)
     root, _, _ = recording
     out = tmp_path / OUTPUTS[kind]
-    argv = [*_slow_rl(root), "-q", "-o", out]
+    argv = [*slow_rl(root), "-q", "-o", out]
     run_folder = out.with_name(out.name + ".partial")
     _kill_after(argv, run_folder, 2)
     done = 2 * len(list(run_folder.glob("done/*.json")))
@@ -228,12 +201,12 @@ def test_a_damaged_marker_is_reported_and_its_frames_recomputed(
 def test_a_second_run_on_the_same_output_is_refused(recording, slow_reference, tmp_path, capsys):
     root, _, _ = recording
     out = tmp_path / "v.h5"
-    first = subprocess.Popen(_cli(*_slow_rl(root), "-q", "-o", out), env=ENV)
+    first = subprocess.Popen(_cli(*slow_rl(root), "-q", "-o", out), env=ENV)
     try:
         deadline = time.time() + 60
         while time.time() < deadline and not list(tmp_path.glob("v.h5.partial/done/*.json")):
             time.sleep(0.05)
-        argv = [str(a) for a in _slow_rl(root)]
+        argv = [str(a) for a in slow_rl(root)]
         assert main([*argv, "-q", "-o", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "another run is writing" in err, err
@@ -278,14 +251,14 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_a_failing_process_stops_the_others_promptly(recording, tmp_path):
+def test_a_failing_process_stops_the_others_promptly(recording, tmp_path, free_port):
     """Rank 1 fails on its first batch; rank 0 (six slow batches of its own)
     stops at its next batch and both exit with an error naming the failure.
     Launched without torchrun, whose agent would kill the survivors itself."""
     root, _, _ = recording
     out = tmp_path / "v.h5"
-    argv = [*_slow_rl(root), "--batch", "1", "-q", "-o", out]
-    env = {**ENV, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    argv = [*slow_rl(root), "--batch", "1", "-q", "-o", out]
+    env = {**ENV, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port)}
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _FAIL_ON_RANK_1, *map(str, argv)],
@@ -308,7 +281,7 @@ def test_a_failing_process_stops_the_others_promptly(recording, tmp_path):
     "method, kind",
     [pytest.param("net", "zarr", id="net-zarr"), pytest.param("rl", "zarr", id="rl-zarr")],
 )
-def test_torchrun_two_processes_write_one_output(recording, tmp_path, method, kind):
+def test_torchrun_two_processes_write_one_output(recording, tmp_path, method, kind, free_port):
     _needs(kind)
     root, _, _ = recording
     if method == "net":
@@ -319,7 +292,7 @@ def test_torchrun_two_processes_write_one_output(recording, tmp_path, method, ki
     one = subprocess.run(_cli(*argv, "-o", tmp_path / "one.h5"), env=ENV, capture_output=True)
     assert one.returncode == 0, one.stderr.decode()[-2000:]
     run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    run += [f"--master_port={_free_port()}", "-m", "lfm_recon.cli"]
+    run += [f"--master_port={free_port}", "-m", "lfm_recon.cli"]
     two = subprocess.run(
         [*run, *map(str, argv), "-o", str(tmp_path / OUTPUTS[kind])],
         env=ENV,

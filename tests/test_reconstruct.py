@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from recordings import T, make_recording
+from recordings import T, make_recording, slow_rl
 
 from lfm_recon import LFMError
 from lfm_recon.cli import main
@@ -146,23 +146,7 @@ def _cli(*args):
 
 def test_sigkill_then_resume_gives_the_uninterrupted_output(recording, tmp_path):
     root, _, _ = recording
-    argv = [
-        "reconstruct",
-        root / "series.tif",
-        "--psf",
-        root / "bank.h5",
-        "--method",
-        "rl",
-        "--iterations",
-        "300",
-        "--background",
-        "5",
-        "--batch",
-        "2",
-        "--device",
-        "cpu",
-        "-q",
-    ]
+    argv = [*slow_rl(root), "-q"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     whole = subprocess.run(_cli(*argv, "-o", tmp_path / "whole.h5"), env=env, capture_output=True)
     assert whole.returncode == 0, whole.stderr.decode()[-2000:]
