@@ -36,10 +36,16 @@ scaling, pooled detection F1):
 * ``+tta``: ``sup`` adapted on the test light fields themselves
   (``lfm_recon.adapt``: no ground truth, the recording's own frames).
 
+The network is the package's recipe (``MODEL``: 25 plain RL iterations,
+then 8 layers with a 32-channel CNN prior and a Poisson EM step); a variant
+is ``--model '{"rl_start": 0}' --tag name`` (its methods and run folders
+carry the tag). ``--reuse-base`` takes a seed's trained ``sup`` network from
+its run folder, so that +tta/+res/+adv can run in a later process.
+
 Each network run is repeated for ``--seeds`` seeds; tables give mean ± half
 the spread (max − min)/2. Times per volume are measured in this process.
 
-    python -m benchmarks.bench_generalisation --folder F [--steps 300] [--finetune 100]
+    python -m benchmarks.bench_generalisation --folder F [--steps 600] [--finetune 60]
         [--seeds 0,1,2] [--only fixed,sup,res,adv,tta] [--json out.json]
     python -m benchmarks.bench_generalisation --folder F --summarise out-*.json
 
@@ -101,6 +107,7 @@ MODEL = {
     "per_depth_step": True,
     "prior": "cnn",
     "prior_channels": 32,
+    "rl_start": 25,
 }
 SIMULATE = {"batch_size": 4, "validation": 8}
 
@@ -196,7 +203,9 @@ def net_scores(net, fam) -> dict:
     return {**score(x, test, np.arange(len(y)), net.op, b).summary(), "s_per_volume": seconds}
 
 
-def run_training(folder: Path, name: str, seed: int, steps: int, data: dict, loss: dict, **top):
+def run_training(
+    folder: Path, name: str, seed: int, steps: int, data: dict, loss: dict, model=None, **top
+):
     config = TrainConfig.from_dict(
         {
             "psf": str(folder / "bank.h5"),
@@ -205,7 +214,7 @@ def run_training(folder: Path, name: str, seed: int, steps: int, data: dict, los
             "device": "cpu",
             "steps_per_epoch": 50,
             "checkpoint_every": 10_000,
-            "model": MODEL,
+            "model": model or MODEL,
             "data": {"patch_lenslets": 11, "batch_size": 4, "unlabeled_batch_size": 4, **data},
             "loss": {"supervised": 1.0, "resynthesis": 0.0, **loss},
             "optim": {"steps": steps, "warmup_steps": steps // 4},
@@ -220,8 +229,8 @@ def run_training(folder: Path, name: str, seed: int, steps: int, data: dict, los
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", required=True, help="cache of data sets, RL figures and runs")
-    parser.add_argument("--steps", type=int, default=300, help="steps of each base training")
-    parser.add_argument("--finetune", type=int, default=100, help="steps of each fine-tuning")
+    parser.add_argument("--steps", type=int, default=600, help="steps of each base training")
+    parser.add_argument("--finetune", type=int, default=60, help="steps of each fine-tuning")
     parser.add_argument("--adapt-steps", type=int, default=30)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--only", default="fixed,sup,res,adv,tta")
@@ -234,6 +243,17 @@ def main() -> None:
         "--no-rl", action="store_true", help="skip the RL baselines (another process makes them)"
     )
     parser.add_argument("--summarise", nargs="*", default=None, help="JSON files to merge")
+    parser.add_argument(
+        "--model",
+        default="{}",
+        help="JSON changes to the network, e.g. '{\"n_layers\": 16}' (a variant)",
+    )
+    parser.add_argument(
+        "--reuse-base",
+        action="store_true",
+        help="load the seed's trained sup network from its run folder instead of training it",
+    )
+    parser.add_argument("--tag", default="", help="names a variant's methods and run folders")
     args = parser.parse_args()
     folder = Path(args.folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -246,6 +266,8 @@ def main() -> None:
         summarise(merged)
         return
     parts = set(args.only.split(","))
+    model = {**MODEL, **json.loads(args.model)}
+    tag = f"[{args.tag}]" if args.tag else ""
     bank, _ = banks(folder)
     bank.save(folder / "bank.h5")
     op = LightFieldOperator(bank)
@@ -273,7 +295,7 @@ def main() -> None:
             s = net_scores(net, fams[n])
             fam = fams[n]
             guard = check_network(net, fam["test"].lightfields[:3], fam["background"])
-            row = {"method": method, "seed": seed, "family": n, "train_s": train_s, **s}
+            row = {"method": method + tag, "seed": seed, "family": n, "train_s": train_s, **s}
             row["guard_ratio"] = guard.ratio
             out["runs"].append(row)
             rl = out["rl"].get(n)
@@ -291,16 +313,20 @@ def main() -> None:
         if "fixed" in parts:
             train_path = fixed_training_set(folder)
             data = {"train": str(train_path), "validation": str(folder / "package-val.h5")}
-            net, secs = run_training(folder, "fixed", seed, args.steps, data, {})
+            net, secs = run_training(folder, "fixed" + tag, seed, args.steps, data, {}, model)
             record("fixed", seed, net, secs)
         if not parts & {"sup", "res", "adv", "tta"}:
             continue
         # The base of +res/+adv/+tta; recorded only when asked for, so that a
         # seed's methods can be split over processes without duplicate rows.
-        base, secs = run_training(folder, "sup", seed, args.steps, sim, {})
+        trained = folder / f"run-sup{tag}-s{seed}" / "model.pt"
+        if args.reuse_base and trained.exists():
+            base, secs = load_model(trained), float("nan")
+        else:
+            base, secs = run_training(folder, "sup" + tag, seed, args.steps, sim, {}, model)
         if "sup" in parts:
             record("sup", seed, base, secs)
-        tune = {"init_model": str(folder / f"run-sup-s{seed}" / "model.pt")}
+        tune = {"init_model": str(folder / f"run-sup{tag}-s{seed}" / "model.pt")}
         for n in names:
             fam = fams[n]
             if "tta" in parts:
@@ -321,13 +347,15 @@ def main() -> None:
             }
             if "res" in parts:
                 net, secs = run_training(
-                    folder, f"res-{n}", seed, args.finetune, unlabeled, semi, **tune
+                    folder, f"res{tag}-{n}", seed, args.finetune, unlabeled, semi, model, **tune
                 )
                 record("+res", seed, net, secs, [n])
             if "adv" in parts:
                 adv = {**unlabeled, "unpaired_volumes": [str(fam["volumes_file"])]}
                 loss = {**semi, "adversarial": 0.02}
-                net, secs = run_training(folder, f"adv-{n}", seed, args.finetune, adv, loss, **tune)
+                net, secs = run_training(
+                    folder, f"adv{tag}-{n}", seed, args.finetune, adv, loss, model, **tune
+                )
                 record("+adv", seed, net, secs, [n])
     save()
     if len(out["rl"]) == len(names):
@@ -336,8 +364,10 @@ def main() -> None:
 
 def summarise(out: dict) -> None:
     """Mean ± half-spread per method and family, against best RL."""
+    order = ["fixed", "sup", "+res", "+adv", "+tta"]
     methods = sorted(
-        {r["method"] for r in out["runs"]}, key=["fixed", "sup", "+res", "+adv", "+tta"].index
+        {r["method"] for r in out["runs"]},
+        key=lambda m: (order.index(m.split("[")[0]), m),
     )
     print("\n| method | " + " | ".join(out["families"]) + " |")
     print("|---|" + "---|" * len(out["families"]))

@@ -99,6 +99,25 @@ def test_untrained_poisson_network_is_richardson_lucy(op, lightfields):
     assert torch.allclose(net.steps().detach(), torch.ones(5, 1))
 
 
+def test_rl_start_then_untrained_layers_is_richardson_lucy(op, lightfields):
+    """rl_start = 4 plain RL iterations, then 3 untrained Poisson layers
+    (μ = 1, λ ≈ 0, ε = 0): 7 RL iterations of the solver, from the same
+    uniform start."""
+    from lfm_recon.solvers import richardson_lucy
+
+    net = UnfoldedISTA(op, 3, data_term="poisson", em_floor=0.0, rl_start=4)
+    with torch.no_grad():
+        net.threshold_raw.fill_(-60.0)
+        x = net(lightfields, 5.0)
+    c = (lightfields - 5.0).mean(dim=(1, 2, 3), keepdim=True)
+    x0 = (c * op.nnum**2 / (op.voxels_per_lenslet**2 * op.n_depths)).expand_as(x)
+    expected = richardson_lucy(op, lightfields, 7, background=5.0, x0=x0)
+    torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-6 * float(expected.max()))
+    # Too few iterations is a different answer (the test can fail).
+    fewer = richardson_lucy(op, lightfields, 6, background=5.0, x0=x0)
+    assert (x - fewer).abs().max() > 1e-3 * float(expected.max())
+
+
 def test_gradients_reach_steps_and_thresholds_only():
     """gradcheck in float64 through the unfolded layers (both data terms);
     H's weights are buffers and get no gradient."""
