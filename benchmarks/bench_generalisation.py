@@ -320,13 +320,15 @@ def main() -> None:
         # The base of +res/+adv/+tta; recorded only when asked for, so that a
         # seed's methods can be split over processes without duplicate rows.
         trained = folder / f"run-sup{tag}-s{seed}" / "model.pt"
-        if args.reuse_base and trained.exists():
+        if args.reuse_base:
+            if not trained.exists():
+                raise SystemExit(f"--reuse-base: no trained network at {trained}; train it first")
             base, secs = load_model(trained), float("nan")
         else:
             base, secs = run_training(folder, "sup" + tag, seed, args.steps, sim, {}, model)
         if "sup" in parts:
             record("sup", seed, base, secs)
-        tune = {"init_model": str(folder / f"run-sup{tag}-s{seed}" / "model.pt")}
+        tune = {"init_model": str(trained)}
         for n in names:
             fam = fams[n]
             if "tta" in parts:

@@ -83,6 +83,13 @@ def test_scale_equivariance(op, lightfields, data_term):
     torch.testing.assert_close(x_bright, 37.0 * x, rtol=1e-4, atol=1e-4 * float(x.max()) * 37)
 
 
+def _uniform_start(op, y, b):
+    """RL's start, computed here independently: the frame's mean signal
+    spread evenly over the voxels, (B, 1, 1, 1)."""
+    c = (y - b).mean(dim=(1, 2, 3), keepdim=True)
+    return c * op.nnum**2 / (op.voxels_per_lenslet**2 * op.n_depths)
+
+
 def test_untrained_poisson_network_is_richardson_lucy(op, lightfields):
     """μ = 1, λ = 0, ε = 0 and the same uniform start: the EM-scaled Poisson
     step is Richardson–Lucy, compared with the solver's own implementation."""
@@ -92,8 +99,7 @@ def test_untrained_poisson_network_is_richardson_lucy(op, lightfields):
     with torch.no_grad():
         net.threshold_raw.fill_(-60.0)  # λ = softplus(−60)·λ₀ ≈ 1e-26·λ₀
         x = net(lightfields, 5.0)
-    c = (lightfields - 5.0).mean(dim=(1, 2, 3), keepdim=True)
-    x0 = (c * op.nnum**2 / (op.voxels_per_lenslet**2 * op.n_depths)).expand_as(x)
+    x0 = _uniform_start(op, lightfields, 5.0).expand_as(x)
     expected = richardson_lucy(op, lightfields, 5, background=5.0, x0=x0)
     torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-6 * float(expected.max()))
     assert torch.allclose(net.steps().detach(), torch.ones(5, 1))
@@ -109,8 +115,7 @@ def test_rl_start_then_untrained_layers_is_richardson_lucy(op, lightfields):
     with torch.no_grad():
         net.threshold_raw.fill_(-60.0)
         x = net(lightfields, 5.0)
-    c = (lightfields - 5.0).mean(dim=(1, 2, 3), keepdim=True)
-    x0 = (c * op.nnum**2 / (op.voxels_per_lenslet**2 * op.n_depths)).expand_as(x)
+    x0 = _uniform_start(op, lightfields, 5.0).expand_as(x)
     expected = richardson_lucy(op, lightfields, 7, background=5.0, x0=x0)
     torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-6 * float(expected.max()))
     # Too few iterations is a different answer (the test can fail).
