@@ -11,6 +11,7 @@ public Python tool's 4.4 s per RL iteration on a 2-core CPU is the figure to
 beat by ≥ 20×.
 
     python -m benchmarks.bench_solvers [--frames 8] [--max-iter 200] [--json out.json]
+        [--only "rl,rl accelerated"] [--no-timing | --no-curves]
 
 Run from the repository root, as a module (it reuses the operator benchmark's timers).
 """
@@ -38,6 +39,7 @@ def _runs(max_iter: int):
     """(label, method, lam_fraction, prior, iterations) of every curve."""
     admm_iter = max(1, max_iter // 2)  # an ADMM iteration costs 4 H + 4 Hᵀ
     yield "rl", "rl", None, None, max_iter
+    yield "rl accelerated", "rl_acc", None, None, max_iter
     yield "isra", "isra", None, None, max_iter
     for f in (0.001, 0.003, 0.01, 0.03):
         yield f"fista λ={f:g}", "fista", f, None, max_iter
@@ -48,8 +50,8 @@ def _runs(max_iter: int):
 
 
 def _solver(op, y, method, lam_fraction, prior, background):
-    if method == "rl":
-        return S.RichardsonLucy(op, y, background)
+    if method in ("rl", "rl_acc"):
+        return S.RichardsonLucy(op, y, background, accelerate=method == "rl_acc")
     if method == "isra":
         return S.ISRA(op, y, background)
     lam = lam_fraction * S.lambda_max(op, y, background)
@@ -78,7 +80,7 @@ def curve(op, data, frames, label, method, lam_fraction, prior, n_iter, backgrou
 def timing(op, data, method, repeat, background):
     """Seconds per iteration per volume at batch 1 and 8, and the share of
     the matmul rate for the iteration's H/Hᵀ FLOPs."""
-    ops_per_iter = {"rl": 2, "isra": 2, "fista": 2, "admm": 8}[method]
+    ops_per_iter = {"rl": 2, "rl_acc": 2, "isra": 2, "fista": 2, "admm": 8}[method]
     out = {}
     for batch in (1, 8):
         y = torch.from_numpy(data.lightfields[:batch])
@@ -101,6 +103,9 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--no-timing", action="store_true", help="only the quality curves")
     parser.add_argument("--no-curves", action="store_true", help="only the timings")
+    parser.add_argument(
+        "--only", default=None, help="comma-separated labels of the curves to run (default: all)"
+    )
     args = parser.parse_args()
     bank, data = sample()
     op = LightFieldOperator(bank)
@@ -108,7 +113,7 @@ def main() -> None:
     print(f"threads {torch.get_num_threads()}, {args.frames} volumes, device {op.device}")
 
     results = {"timing": {}, "curves": []}
-    methods = () if args.no_timing else S.METHODS
+    methods = () if args.no_timing else (*S.METHODS, "rl_acc")
     print("\n| method | s/iteration/volume (batch 1) | (batch 8) | vs 4.4 s | vs matmul (b8) |")
     print("|---|---|---|---|---|")
     for method in methods:
@@ -122,7 +127,10 @@ def main() -> None:
 
     print("\n| method | best iteration | PSNR dB | SSIM | Pearson | F1 | residual | seconds |")
     print("|---|---|---|---|---|---|---|---|")
+    only = None if args.only is None else set(args.only.split(","))
     for label, method, f, prior, n_iter in () if args.no_curves else _runs(args.max_iter):
+        if only is not None and label not in only:
+            continue
         start = time.perf_counter()
         c = curve(op, data, args.frames, label, method, f, prior, n_iter, background)
         c["seconds"] = time.perf_counter() - start

@@ -270,6 +270,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
         rho=args.rho,
         prior=args.prior,
         filter=args.filter,
+        accelerate=args.accelerate,
     )
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 speaks for the run
@@ -326,6 +327,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             rho=args.rho,
             prior=args.prior,
             filter=args.filter if method in FILTERED_METHODS else None,
+            accelerate=args.accelerate and method == "rl",
         )
         rows.append({"method": method, "iterations": n_iter, **scores.summary(), "s": seconds})
     n = len(data.volumes) if args.frames is None else min(args.frames, len(data.volumes))
@@ -729,6 +731,12 @@ def _add_solver_options(
         default=None,
         help="rl/isra: the depth-adaptive anti-aliasing filter in every iteration, which removes"
         " the lenslet-grid artifact near the native plane (default: antialias for rl and isra)",
+    )
+    p.add_argument(
+        "--accelerate",
+        action="store_true",
+        help="rl: Biggs–Andrews extrapolation, the same result in several times fewer"
+        " iterations (its best --iterations is smaller too: e.g. 30 where plain RL needs 200)",
     )
 
 

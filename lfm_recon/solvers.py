@@ -157,27 +157,55 @@ class RichardsonLucy(Solver):
     anti-aliasing filter (:mod:`lfm_recon.antialias`), which removes the
     lenslet-grid artifacts near the native plane; None (the default here)
     is plain RL.
+
+    ``accelerate``: Biggs–Andrews vector extrapolation (:func:`extrapolate`):
+    from the third iteration on, each RL update starts from x_k + α_k (x_k −
+    x_{k−1}) instead of x_k, α_k ∈ [0, 0.95) estimated per frame from the last
+    two updates. The same cost per iteration (one H, one Hᵀ) and the same
+    fixed point; on the benchmark's phantoms it reaches RL's best PSNR in
+    5–7× fewer iterations, so its best iteration count is that much smaller
+    too (benchmarks/README.md). The deviance is no longer monotone.
     """
 
     name = "richardson_lucy"
 
-    def __init__(self, op, y, background=0.0, x0=None, filter=None) -> None:
+    def __init__(self, op, y, background=0.0, x0=None, filter=None, accelerate=False) -> None:
         super().__init__(op, y, background)
+        if not isinstance(accelerate, bool):
+            raise LFMError(f"accelerate must be True or False, got {accelerate!r}")
         self.y = self.y.clamp_min(0)
         self.filter = as_filter(op, filter)
+        self.accelerate = accelerate
         self.sensitivity = self._ht(torch.ones_like(self.y[:1]))  # Hᵀ1, (1, D, Yv, Xv)
         self.x = _start(self, x0)
         self.hx = self._h(self.x)
+        # x_{k−1} and the last two updates g_{k−1}, g_{k−2} (accelerate only).
+        self._previous: torch.Tensor | None = None
+        self._updates: list[torch.Tensor] = []
 
     def step(self) -> None:
-        ratio = _safe_divide(self.y, self.hx + self.b)
-        self.x = _safe_divide(self.x * self._ht(ratio), self.sensitivity)
+        point, h_point = self.x, self.hx
+        if len(self._updates) == 2:
+            point = extrapolate(self.x, self._previous, *self._updates)
+            h_point = None
+        if h_point is None:
+            h_point = self._h(point)
+        ratio = _safe_divide(self.y, h_point + self.b)
+        x = _safe_divide(point * self._ht(ratio), self.sensitivity)
         if self.filter is not None:
-            self.x = self.filter(self.x, inplace=True)  # x is this step's own tensor
-        self.hx = self._h(self.x)
+            x = self.filter(x, inplace=True)  # x is this step's own tensor
+        if self.accelerate:
+            # H x is not needed for the next update (it starts from the
+            # extrapolated point): computed only if asked for (objective).
+            self._previous, self._updates = self.x, [x - point, *self._updates[:1]]
+            self.x, self.hx = x, None
+        else:
+            self.x, self.hx = x, self._h(x)
 
     def objective(self) -> torch.Tensor:
         """(B,) Poisson deviance Σ y log(y/μ) − y + μ (0 for a perfect fit)."""
+        if self.hx is None:
+            self.hx = self._h(self.x)
         mu = self.hx + self.b
         tiny = torch.finfo(mu.dtype).tiny
         log_term = torch.where(
@@ -351,6 +379,7 @@ def richardson_lucy(
     background=0.0,
     x0=None,
     filter=None,
+    accelerate: bool = False,
     callback: Callback | None = None,
     history: History | None = None,
     progress: bool = False,
@@ -369,12 +398,14 @@ def richardson_lucy(
             function), ``"antialias"`` (the depth-adaptive anti-aliasing
             filter after every update, :mod:`lfm_recon.antialias`) or an
             :class:`~lfm_recon.antialias.AntiAliasFilter`.
+        accelerate: Biggs–Andrews extrapolation (see :class:`RichardsonLucy`):
+            the same result in several times fewer iterations.
         callback, history, progress: see :meth:`Solver.run`.
 
     Returns:
         (B, D, Yv, Xv) volume in photons per voxel, non-negative.
     """
-    solver = RichardsonLucy(op, y, background, x0, filter)
+    solver = RichardsonLucy(op, y, background, x0, filter, accelerate)
     return solver.run(n_iter, callback=callback, history=history, progress=progress)
 
 
@@ -483,6 +514,7 @@ def solve(
     prior: str = "l1",
     background=0.0,
     filter=None,
+    accelerate: bool = False,
     progress: bool = False,
 ) -> torch.Tensor:
     """Run a solver by name, with scale-free defaults (the CLI's entry).
@@ -497,6 +529,8 @@ def solve(
         filter: for RL and ISRA, ``"antialias"`` or ``"none"`` (see
             :func:`richardson_lucy`); None takes :data:`DEFAULT_FILTER` of
             the method (``"antialias"`` for RL and ISRA, see its comment).
+        accelerate: RL only: Biggs–Andrews extrapolation (see
+            :class:`RichardsonLucy`; fewer iterations for the same result).
         y, background, progress: as :func:`richardson_lucy`.
 
     Returns:
@@ -506,9 +540,11 @@ def solve(
         raise LFMError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     n_iter = DEFAULT_ITERATIONS[method] if n_iter is None else n_iter
     filter = check_filter(method, filter)
+    if accelerate and method != "rl":
+        raise LFMError(f"accelerate is for rl (Richardson–Lucy) only, not for {method}")
     kw = dict(background=background, progress=progress)
     if method == "rl":
-        return richardson_lucy(op, y, n_iter, filter=filter, **kw)
+        return richardson_lucy(op, y, n_iter, filter=filter, accelerate=accelerate, **kw)
     if method == "isra":
         return isra(op, y, n_iter, filter=filter, **kw)
     if not math.isfinite(lam_fraction) or lam_fraction < 0:
@@ -690,6 +726,33 @@ def _start(solver: Solver, x0, uniform: bool = True) -> torch.Tensor:
     flux = (y - solver.b).clamp_min(0).sum(dim=(1, 2, 3))
     total = solver._ht(torch.ones_like(y[:1])).sum()
     return (flux / total).reshape(-1, 1, 1, 1).expand(shape).clone()
+
+
+ACCELERATION_LIMIT = 0.95  # α < 1 keeps the extrapolation from running away
+
+
+def extrapolate(x, previous, update, earlier_update) -> torch.Tensor:
+    """Biggs–Andrews vector extrapolation (Appl. Opt. 36, 1766, 1997) of an
+    iterative method x_{k+1} = ψ(p_k) with updates g_k = ψ(p_k) − p_k.
+
+    Args:
+        x, previous: x_k and x_{k−1}, (B, ...).
+        update, earlier_update: g_{k−1} and g_{k−2}, (B, ...).
+
+    Returns:
+        p_k = max(x_k + α_k (x_k − x_{k−1}), 0), α_k = Σ g_{k−1} g_{k−2} /
+        Σ g_{k−2}², clipped to [0, :data:`ACCELERATION_LIMIT`], per frame:
+        how far the last two updates agree in direction is how far the
+        method's path is trusted to continue.
+    """
+    dims = tuple(range(1, x.ndim))
+    # The sums in float32 at least: in half precision they can overflow.
+    wide = torch.promote_types(x.dtype, torch.float32)
+    u, e = update.to(wide), earlier_update.to(wide)
+    num = (u * e).sum(dim=dims, keepdim=True)
+    den = e.square().sum(dim=dims, keepdim=True)
+    alpha = _safe_divide(num, den).clamp(0.0, ACCELERATION_LIMIT).to(x.dtype)
+    return (x + alpha * (x - previous)).clamp_min(0)
 
 
 def _safe_divide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -331,3 +331,87 @@ def test_bad_input(small_bank, call, match):
     y = torch.ones((1, 1, 45, 45))
     with pytest.raises(LFMError, match=match):
         call(op, y)
+
+
+# --- accelerated Richardson–Lucy -------------------------------------------------------
+
+
+def test_accelerated_richardson_lucy_reaches_the_poisson_maximum_likelihood_sooner(tiny):
+    """Biggs–Andrews extrapolation keeps RL's fixed point (the L-BFGS-B
+    maximum-likelihood solution) and gets there in far fewer iterations:
+    100 accelerated iterations land as close as the 20000 plain ones of the
+    test above must, where 100 plain ones are still far off (6 % of the
+    peak; 2·10⁻⁵ of the peak would need about 800)."""
+    op, a, _shape, y, b = tiny
+
+    def fun(x):
+        mu = a @ x + b
+        return mu.sum() - y @ np.log(mu), a.T @ (1 - y / mu)
+
+    reference = _lbfgs(fun, a.shape[1])
+    yt = _y(op, a, y)
+    fast = S.richardson_lucy(op, yt, 100, background=b, accelerate=True).numpy().ravel()
+    plain = S.richardson_lucy(op, yt, 100, background=b).numpy().ravel()
+    tol = 2e-3 * reference.max()
+    np.testing.assert_allclose(fast, reference, atol=tol)
+    assert np.abs(plain - reference).max() > 10 * tol
+
+
+def test_accelerated_richardson_lucy_starts_as_plain_and_keeps_flux(problem):
+    """The first two iterations have no update history to extrapolate: they
+    are plain RL; from the third on the path differs. Every iterate is an RL
+    update of a non-negative point, so it keeps the measured flux (b = 0)
+    and stays non-negative."""
+    op, _, y = problem
+    for n in (1, 2):
+        torch.testing.assert_close(
+            S.richardson_lucy(op, y, n, accelerate=True), S.richardson_lucy(op, y, n)
+        )
+    assert not torch.allclose(
+        S.richardson_lucy(op, y, 3, accelerate=True), S.richardson_lucy(op, y, 3)
+    )
+    flux = y.clamp_min(0).sum(dim=(1, 2, 3)).numpy()
+
+    def check(k, x):
+        assert x.min() >= 0
+        np.testing.assert_allclose(op(x).sum(dim=(1, 2, 3)).numpy(), flux, rtol=1e-10)
+
+    S.richardson_lucy(op, y, 15, accelerate=True, callback=check)
+
+
+def test_accelerated_richardson_lucy_lowers_the_deviance_faster(problem):
+    op, _, y = problem
+    deviance = {}
+    for accelerate in (False, True):
+        h = S.History()
+        S.richardson_lucy(op, y, 20, background=3.0, accelerate=accelerate, history=h)
+        deviance[accelerate] = np.array(h.objective)[-1]
+    assert (deviance[True] < deviance[False]).all()
+
+
+def test_extrapolation_is_clipped_to_non_negative_and_bounded_alpha():
+    x = torch.tensor([[1.0, 2.0, 0.5]])
+    previous = torch.tensor([[2.0, 1.0, 0.5]])
+    same = torch.tensor([[1.0, 1.0, 1.0]])
+    # Updates that agree fully: α = 1 clipped to the limit; voxel 0 goes
+    # 1 − 0.95 = 0.05, voxel 1 goes to 2.95; opposite updates: α = 0 → x.
+    p = S.extrapolate(x, previous, same, same)
+    torch.testing.assert_close(p, x + S.ACCELERATION_LIMIT * (x - previous))
+    torch.testing.assert_close(S.extrapolate(x, previous, same, -same), x)
+    far = S.extrapolate(x, torch.tensor([[9.0, 1.0, 0.5]]), same, same)
+    assert far[0, 0] == 0 and far.min() >= 0
+
+
+def test_accelerate_must_be_a_boolean(problem):
+    op, _, y = problem
+    with pytest.raises(LFMError, match="accelerate"):
+        S.richardson_lucy(op, y, 1, accelerate="yes")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_accelerated_richardson_lucy_on_cuda_matches_cpu(problem, small_bank):
+    op, _, y = problem
+    gpu = LightFieldOperator(small_bank, device="cuda", dtype=torch.float64)
+    expected = S.richardson_lucy(op, y, 12, background=3.0, accelerate=True)
+    got = S.richardson_lucy(gpu, y.cuda(), 12, background=3.0, accelerate=True).cpu()
+    torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-10 * float(expected.max()))

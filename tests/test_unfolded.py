@@ -123,6 +123,24 @@ def test_rl_start_then_untrained_layers_is_richardson_lucy(op, lightfields):
     assert (x - fewer).abs().max() > 1e-3 * float(expected.max())
 
 
+def test_accelerated_rl_start_is_the_solvers_accelerated_richardson_lucy(op, lightfields):
+    """rl_accelerate: the start is the solver's Biggs–Andrews RL (5
+    iterations), then 2 untrained layers are 2 plain RL iterations from it;
+    and it is not the plain start."""
+    from lfm_recon.solvers import richardson_lucy
+
+    net = UnfoldedISTA(op, 2, data_term="poisson", em_floor=0.0, rl_start=5, rl_accelerate=True)
+    with torch.no_grad():
+        net.threshold_raw.fill_(-60.0)
+        x = net(lightfields, 5.0)
+    x0 = _uniform_start(op, lightfields, 5.0).expand_as(x)
+    start = richardson_lucy(op, lightfields, 5, background=5.0, x0=x0, accelerate=True)
+    expected = richardson_lucy(op, lightfields, 2, background=5.0, x0=start)
+    torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-6 * float(expected.max()))
+    plain = richardson_lucy(op, lightfields, 7, background=5.0, x0=x0)
+    assert (x - plain).abs().max() > 1e-3 * float(expected.max())
+
+
 def test_gradients_reach_steps_and_thresholds_only():
     """gradcheck in float64 through the unfolded layers (both data terms);
     H's weights are buffers and get no gradient."""
@@ -160,6 +178,8 @@ def test_bad_inputs(op, lightfields):
         UnfoldedISTA(op, 0)
     with pytest.raises(LFMError, match="lam_fraction"):
         UnfoldedConfig(lam_fraction=-0.1)
+    with pytest.raises(LFMError, match="rl_accelerate must be true or false"):
+        UnfoldedConfig(data_term="poisson", rl_start=5, rl_accelerate="yes")
 
 
 def test_set_lambda_scale_matches_the_solvers_scale(op, lightfields):

@@ -48,8 +48,8 @@ class Reconstructor:
             frame) is added back to the frames (:mod:`lfm_recon.background`);
             or ``"auto"``: estimated from the frames by
             :meth:`estimate_background` before the first call.
-        n_iter, lam_fraction, rho, prior, filter: the solvers' (see
-            :func:`lfm_recon.solvers.solve`); ignored by "net".
+        n_iter, lam_fraction, rho, prior, filter, accelerate: the solvers'
+            (see :func:`lfm_recon.solvers.solve`); ignored by "net".
 
     Calling it returns float32 volumes in photons per voxel on the
     operator's device, whatever the operator's dtype. Frames without signal
@@ -68,6 +68,7 @@ class Reconstructor:
         rho: float | None = None,
         prior: str = "l1",
         filter: str | None = None,
+        accelerate: bool = False,
     ) -> None:
         if method not in ALL_METHODS:
             raise LFMError(f"method must be one of {', '.join(ALL_METHODS)}, got {method!r}")
@@ -93,6 +94,11 @@ class Reconstructor:
         self.filter = "none" if method == "net" else check_filter(method, filter)
         self.options = {"lam_fraction": lam_fraction, "rho": rho, "prior": prior}
         self.options["filter"] = self.filter
+        if accelerate not in (True, False):
+            raise LFMError(f"accelerate must be True or False, got {accelerate!r}")
+        if accelerate and method != "rl":
+            raise LFMError(f"--accelerate is for rl (Richardson–Lucy) only, not for {method}")
+        self.options["accelerate"] = bool(accelerate)
 
     def set_background(self, level) -> None:
         """Use the constant level ``level`` (counts per pixel, any sign)."""
@@ -120,6 +126,8 @@ class Reconstructor:
                 p["rho"], p["prior"] = self.options["rho"], self.options["prior"]
             if self.method in FILTERED_METHODS:
                 p["filter"] = self.filter
+            if self.options["accelerate"]:  # absent when off: older runs still resume
+                p["accelerate"] = True
         return p
 
     @torch.no_grad()
