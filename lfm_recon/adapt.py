@@ -131,12 +131,10 @@ def adapt(
         )
     frameset = frame_set("recording", y[picked].numpy(), background)
     tuned = copy.deepcopy(net).train()
-    params = [tuned.step_raw, tuned.threshold_raw]
+    params = tuned.scalar_parameters()
     prior = []
     if cfg.parameters == "all" and tuned.priors is not None:
         prior = list(tuned.priors.parameters())
-    if tuned.config.tied_prior and tuned.priors is not None:
-        params.append(tuned.prior_gain)
     for p in tuned.parameters():
         p.requires_grad_(False)
     for p in params + prior:

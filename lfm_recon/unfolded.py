@@ -57,6 +57,7 @@ from .operator import LightFieldOperator
 from .solvers import as_background, as_lightfield, extrapolate, threshold
 
 DATA_TERMS = ("gaussian", "poisson")
+SNR_REFERENCE = 3.0  # a noise_aware network's gains are 1 at this snr (mid training range)
 PRIORS = ("none", "cnn", "unet")
 STARTS = ("auto", "zero", "adjoint", "uniform")
 
@@ -83,6 +84,12 @@ class UnfoldedConfig:
         rl_accelerate: run the RL start with Biggs–Andrews extrapolation
             (:func:`lfm_recon.solvers.extrapolate`): as far as several times
             more plain iterations, for the same cost.
+        noise_aware: the layers see the frame's signal-to-noise ratio
+            (:meth:`UnfoldedISTA.snr`, photons): layer k scales its step,
+            its thresholds and its prior's correction by (snr / 3)^γ, one
+            learned γ each, starting at 0 (the plain network). This gives up
+            exact scale-equivariance on purpose: a bright frame is not a
+            scaled dim one, and how far to trust the data depends on it.
         start: x₀: ``"zero"``, ``"uniform"`` (RL's start: the frame's mean
             signal spread evenly over the voxels), ``"adjoint"`` (a learned
             scaling of Hᵀy, starting at 0) or ``"auto"`` (zero for gaussian,
@@ -104,6 +111,7 @@ class UnfoldedConfig:
     tied_prior: bool = False
     rl_start: int = 0
     rl_accelerate: bool = False
+    noise_aware: bool = False
     start: str = "auto"
     lam_fraction: float = 0.01
     em_floor: float = 1e-3
@@ -118,7 +126,7 @@ class UnfoldedConfig:
         ):
             if value not in allowed:
                 raise LFMError(f"model {name} must be one of {allowed}, got {value!r}")
-        for name in ("per_depth_step", "tied_prior", "rl_accelerate"):
+        for name in ("per_depth_step", "tied_prior", "rl_accelerate", "noise_aware"):
             if not isinstance(getattr(self, name), bool):
                 raise LFMError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.rl_start, bool) or not isinstance(self.rl_start, int):
@@ -222,6 +230,8 @@ class UnfoldedISTA(nn.Module):
             self.priors.to(**like)
             if config.tied_prior:  # per-layer gains on the shared prior, starting at 1
                 self.prior_gain = nn.Parameter(torch.ones(k, **like))
+        if config.noise_aware:  # γ of (step, threshold, prior) per layer
+            self.snr_gamma = nn.Parameter(torch.zeros(k, 3, **like))
         # Not self.to(): that would also cast the operator's bf16 weights.
 
     # --- parameters in physical form -----------------------------------------
@@ -233,6 +243,22 @@ class UnfoldedISTA(nn.Module):
     def thresholds(self) -> torch.Tensor:
         """λ_k per layer and depth, (n_layers, D), normalised units."""
         return F.softplus(self.threshold_raw) * self.lam_scale
+
+    def scalar_parameters(self) -> list[nn.Parameter]:
+        """The learned scalars (steps, thresholds and, where the architecture
+        has them, the start's scale, the shared prior's gains and the SNR
+        exponents): everything but the prior's convolutions."""
+        names = ("step_raw", "threshold_raw", "start_scale", "prior_gain", "snr_gamma")
+        return [getattr(self, n) for n in names if isinstance(getattr(self, n, None), nn.Parameter)]
+
+    @staticmethod
+    def snr(c: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 1, 1) signal-to-noise ratio of a frame's mean pixel under
+        Poisson noise: c / √(c + b̄), c the mean signal and b̄ the mean
+        background per pixel, both in photons."""
+        tiny = torch.finfo(c.dtype).tiny
+        mean_b = b.mean(dim=(1, 2, 3), keepdim=True).clamp_min(0)
+        return (c / (c + mean_b).sqrt().clamp_min(tiny)).clamp_min(tiny)
 
     @torch.no_grad()
     def set_lambda_scale(self, y, background=0.0) -> float:
@@ -290,14 +316,22 @@ class UnfoldedISTA(nn.Module):
         data term (0 hides it; None = all count), e.g. to hold pixels out.
         """
         yn, bn, c = self.normalise(y, background, scale)
-        return self.layers(yn, bn, weight) * c
+        snr = self.snr(c, bn.expand_as(yn) * c) if self.config.noise_aware else None
+        return self.layers(yn, bn, weight, snr) * c
 
-    def layers(self, y: torch.Tensor, b: torch.Tensor, weight=None) -> torch.Tensor:
+    def layers(self, y: torch.Tensor, b: torch.Tensor, weight=None, snr=None) -> torch.Tensor:
         """The unfolded iterations on normalised, checked inputs (y / c, b / c)
         → the volume in normalised units (multiply by c for photons).
-        ``weight``: see :meth:`forward`."""
+        ``weight``: see :meth:`forward`; ``snr``: (B, 1, 1, 1), needed by a
+        ``noise_aware`` network (:meth:`snr`)."""
         op, cfg = self.op, self.config
         steps, lams = self.steps(), self.thresholds()
+        gains = None
+        if cfg.noise_aware:
+            if snr is None:
+                raise LFMError("a noise_aware network needs the frames' snr (call the network)")
+            # (B, n_layers, 3): (snr / 3)^γ for step, threshold and prior.
+            gains = torch.exp(self.snr_gamma * (snr.reshape(-1, 1, 1) / SNR_REFERENCE).log())
         poisson = cfg.data_term == "poisson"
         tiny = torch.finfo(y.dtype).tiny
         x = self._start(y, b)
@@ -313,6 +347,11 @@ class UnfoldedISTA(nn.Module):
             inv_sens = torch.where(sens > 0, 1 / sens.clamp_min(tiny), 0)
         for k in range(cfg.n_layers):
             mu = steps[k].reshape(1, -1, 1, 1)
+            lam = lams[k].reshape(1, -1, 1, 1)
+            prior_gain = 1.0
+            if gains is not None:
+                g = gains[:, k].reshape(-1, 3, 1, 1)
+                mu, lam, prior_gain = mu * g[:, :1], lam * g[:, 1:2], g[:, 2:3]
             predicted = b if x is None else op.project(x) + b
             if poisson:
                 ratio = torch.where(predicted > 0, y_counts / predicted.clamp_min(tiny), 0)
@@ -326,10 +365,10 @@ class UnfoldedISTA(nn.Module):
                     v = x + v
             if self.priors is not None:
                 if cfg.tied_prior:
-                    v = v + self.prior_gain[k] * self.priors[0](v)
+                    v = v + prior_gain * self.prior_gain[k] * self.priors[0](v)
                 else:
-                    v = v + self.priors[k](v)
-            x = threshold(v, mu * lams[k].reshape(1, -1, 1, 1))
+                    v = v + prior_gain * self.priors[k](v)
+            x = threshold(v, mu * lam)
         return x
 
     def _richardson_lucy(self, x, y, b, weight, n: int, accelerate: bool) -> torch.Tensor:
@@ -376,7 +415,7 @@ class UnfoldedISTA(nn.Module):
         return (
             f"n_layers={c.n_layers}, data_term={c.data_term}, per_depth_step={c.per_depth_step},"
             f" prior={c.prior}, tied_prior={c.tied_prior}, rl_start={c.rl_start},"
-            f" rl_accelerate={c.rl_accelerate},"
+            f" rl_accelerate={c.rl_accelerate}, noise_aware={c.noise_aware},"
             f" start={c.resolved_start}"
         )
 

@@ -6,6 +6,7 @@ likelihood (the Poisson data term), finite differences (gradcheck) and
 exact scaling laws.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -347,3 +348,41 @@ def test_model_files_of_the_old_normalisation_are_refused(tmp_path, op):
     torch.save(payload, path)
     with pytest.raises(LFMError, match=r"normalised light fields differently.*retrain"):
         load_model(path)
+
+
+# --- noise-aware layers -----------------------------------------------------------------
+def test_noise_aware_network_starts_as_the_plain_one_and_learns_its_exponents(op, lightfields):
+    """γ = 0: the same map as the plain network (same weights); the SNR
+    exponents get gradients; with γ ≠ 0 the map is no longer
+    scale-equivariant, by the amount (snr ratio)^γ predicts for the step of
+    a one-layer network without threshold (x₁ = x₀ − μ g · d(x₀), linear in μ g)."""
+    plain = UnfoldedISTA(op, 3, data_term="poisson", prior="cnn")
+    _randomise(plain, seed=5)
+    aware = UnfoldedISTA(op, config=dataclasses.replace(plain.config, noise_aware=True))
+    aware.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(aware(lightfields, 5.0), plain(lightfields, 5.0))
+    aware(lightfields, 5.0).sum().backward()
+    assert aware.snr_gamma.grad is not None and aware.snr_gamma.grad.abs().sum() > 0
+    assert any(p is aware.snr_gamma for p in aware.scalar_parameters())
+
+    # One layer, no threshold, ε = 0: x₁ = x₀ − μ g · d(x₀) in normalised
+    # units, so its change from the uniform start is g times the plain one,
+    # g = (snr / 3)^γ; a 4× brighter frame (background too) has 2× the snr.
+    kw = dict(data_term="poisson", em_floor=0.0)
+    one, ref = UnfoldedISTA(op, 1, noise_aware=True, **kw), UnfoldedISTA(op, 1, **kw)
+    gains = []
+    with torch.no_grad():
+        for net in (one, ref):
+            net.threshold_raw.fill_(-60.0)
+        one.snr_gamma[0, 0] = 0.5
+        for a in (1.0, 4.0):
+            y, b = a * lightfields, a * 5.0
+            c = one.normalise(y, b)[2]
+            g = (one.snr(c, torch.full_like(y, b)) / 3.0) ** 0.5
+            change = one(y, b) / c - one.uniform_level
+            plain = ref(y, b) / c - ref.uniform_level
+            tol = 1e-5 * float(plain.abs().max())
+            torch.testing.assert_close(change, g * plain, rtol=1e-4, atol=tol)
+            gains.append(g)
+    torch.testing.assert_close(gains[1], gains[0] * 2**0.5, rtol=1e-4, atol=0)

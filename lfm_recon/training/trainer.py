@@ -147,12 +147,7 @@ class _Trainer:
     # --- set-up --------------------------------------------------------------------
     def _parameter_groups(self) -> list[dict]:
         net, o = self.net, self.cfg.optim
-        scalars = [net.step_raw, net.threshold_raw]
-        if net.config.resolved_start == "adjoint":
-            scalars.append(net.start_scale)
-        if net.config.tied_prior and net.priors is not None:
-            scalars.append(net.prior_gain)
-        groups = [{"params": scalars, "lr": o.lr}]
+        groups = [{"params": net.scalar_parameters(), "lr": o.lr}]
         if net.priors is not None:
             groups.append({"params": list(net.priors.parameters()), "lr": o.prior_lr})
         return groups
