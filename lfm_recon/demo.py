@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import tempfile
 import time
@@ -33,56 +35,59 @@ from .operator import LightFieldOperator
 from .reconstruct import read_volumes, reconstruct_files
 from .training import TrainConfig, train
 
-DEMO_MODEL_VERSION = 3  # bump when the recipe below changes
-SECONDS_PER_STEP = 1.0  # of this recipe on a 2-core CPU: the cosine schedule ends with the budget
+SECONDS_PER_STEP = 2.0  # of this recipe on a 2-core CPU: the cosine schedule ends with the budget
 N_TRAIN, N_VALIDATION = 8, 4  # of the sample's 16 paired samples
 RL_ITERATIONS = 100
 
 
-def _recipe(folder: Path, budget: float) -> TrainConfig:
-    return TrainConfig.from_dict(
-        {
-            "psf": str(folder / "psf.h5"),
-            "output": str(folder / "run"),
-            "seed": 0,
-            "steps_per_epoch": 25,
-            "checkpoint_every": 25,
-            "model": {
-                "n_layers": 8,
-                "prior": "cnn",
-                "prior_channels": 32,
-                "data_term": "poisson",
-                "per_depth_step": True,
-            },
-            "data": {
-                "train": str(folder / "data.h5"),
-                "n_validation": N_VALIDATION,
-                "n_labelled": N_TRAIN,
-                "patch_lenslets": 11,
-                "batch_size": 2,
-                "unlabeled_batch_size": 2,
-                "simulate": {"batch_size": 2},
-            },
-            "loss": {
-                "supervised": 1.0,
-                "resynthesis": 1.0,
-                "resynthesis_kind": "poisson",
-                "resynthesis_holdout": 0.2,
-            },
-            "optim": {
-                "steps": max(10, round(budget / SECONDS_PER_STEP)),
-                "warmup_steps": 0,
-                "time_budget": budget,
-            },
-        }
-    )
+def _recipe(folder: Path, budget: float) -> dict:
+    return {
+        "psf": str(folder / "psf.h5"),
+        "output": str(folder / "run"),
+        "seed": 0,
+        "steps_per_epoch": 25,
+        "checkpoint_every": 25,
+        "model": {
+            "n_layers": 8,
+            "prior": "cnn",
+            "prior_channels": 32,
+            "data_term": "poisson",
+            "per_depth_step": True,
+            "rl_start": 15,
+            "rl_accelerate": True,
+        },
+        "data": {
+            "train": str(folder / "data.h5"),
+            "n_validation": N_VALIDATION,
+            "n_labelled": N_TRAIN,
+            "patch_lenslets": 11,
+            "batch_size": 2,
+            "unlabeled_batch_size": 2,
+            "simulate": {"batch_size": 2},
+        },
+        "loss": {
+            "supervised": 1.0,
+            "resynthesis": 1.0,
+            "resynthesis_kind": "poisson",
+            "resynthesis_holdout": 0.2,
+        },
+        "optim": {
+            "steps": max(10, round(budget / SECONDS_PER_STEP)),
+            "warmup_steps": 0,
+            "time_budget": budget,
+        },
+    }
 
 
 def demo_model(budget: float = 120.0, progress: bool = True) -> Path:
     """The demo's trained model file, trained once (``budget`` seconds on
     the CPU) and cached next to the sample."""
     bank, data = sample(progress=progress)
-    path = cache_dir() / f"sample-v{SAMPLE_VERSION}-model-v{DEMO_MODEL_VERSION}.pt"
+    # The cache is named by the recipe and the budget (not by a version to
+    # remember to bump): another recipe or budget never reuses a stale model.
+    recipe = json.dumps(_recipe(Path("."), budget), sort_keys=True)
+    key = hashlib.sha256(f"{recipe} {bank.sha256}".encode()).hexdigest()[:12]
+    path = cache_dir() / f"sample-v{SAMPLE_VERSION}-model-{key}.pt"
     if path.is_file():
         try:
             load_model(path, bank=bank)
@@ -93,7 +98,7 @@ def demo_model(budget: float = 120.0, progress: bool = True) -> Path:
         folder = Path(tmp)
         bank.save(folder / "psf.h5")
         data.save(folder / "data.h5")
-        result = train(_recipe(folder, budget), progress=progress)
+        result = train(TrainConfig.from_dict(_recipe(folder, budget)), progress=progress)
         shutil.copyfile(result.model_path, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").replace(path)
     return path
