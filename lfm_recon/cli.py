@@ -688,7 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget",
         type=float,
         default=120.0,
-        help="seconds of CPU training for the demo network when it is not cached (default 120)",
+        help="seconds of CPU training for the demo network (default 120); a network trained"
+        " with this budget and recipe before is reused from the cache",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)

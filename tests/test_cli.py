@@ -164,3 +164,6 @@ def test_demo_runs_the_pipeline_and_caches_its_network(tmp_path, monkeypatch, ca
     stamp = model.stat().st_mtime_ns
     assert main(["demo", "-o", str(out), "--budget", "8", "-q"]) == 0  # reuses the cache
     assert model.stat().st_mtime_ns == stamp
+    # Another budget is another network: trained anew, the first one kept.
+    assert main(["demo", "-o", str(out), "--budget", "6", "-q"]) == 0
+    assert len(list((tmp_path / "cache").glob("*model*.pt"))) == 2
