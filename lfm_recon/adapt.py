@@ -53,8 +53,11 @@ class AdaptConfig:
         holdout: fraction of pixels hidden from the network and scored.
         lr: Adam learning rate of the steps, thresholds and gains; the CNN
             prior's is ``lr / 10``.
-        parameters: ``"all"`` or ``"scalars"`` (steps, thresholds, gains
-            only: the prior's shape is kept).
+        parameters: ``"all"`` or ``"scalars"`` (only the network's
+            :meth:`~lfm_recon.unfolded.UnfoldedISTA.scalar_parameters`:
+            steps, thresholds, and where the architecture has them the
+            shared prior's gains, the adjoint start's scale and the SNR
+            exponents; the prior's shape is kept).
         check_every: steps between checks on the kept-aside split.
         seed: the random draws (patches, pixel splits).
     """

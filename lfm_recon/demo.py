@@ -26,6 +26,7 @@ import numpy as np
 import tifffile
 import torch
 
+from . import __version__
 from .data import SAMPLE_VERSION, cache_dir, sample
 from .errors import LFMError
 from .evaluate import score
@@ -85,8 +86,10 @@ def demo_model(budget: float = 120.0, progress: bool = True) -> Path:
     bank, data = sample(progress=progress)
     # The cache is named by the recipe and the budget (not by a version to
     # remember to bump): another recipe or budget never reuses a stale model.
-    recipe = json.dumps(_recipe(Path("."), budget), sort_keys=True)
-    key = hashlib.sha256(f"{recipe} {bank.sha256}".encode()).hexdigest()[:12]
+    # The package version too: the code that trains and runs it may change.
+    recipe = json.dumps(_recipe(Path("."), float(budget)), sort_keys=True)
+    salt = f"{recipe} {bank.sha256} {__version__}"
+    key = hashlib.sha256(salt.encode()).hexdigest()[:12]
     path = cache_dir() / f"sample-v{SAMPLE_VERSION}-model-{key}.pt"
     if path.is_file():
         try:

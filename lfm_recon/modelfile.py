@@ -134,7 +134,13 @@ def load_model(
             " optics, depths and voxels per lenslet); retrain it for this bank or drop --psf"
         )
     op = LightFieldOperator(stored, device=device, compute=compute)
-    net = UnfoldedISTA(op, config=UnfoldedConfig(**payload["architecture"]))
+    try:
+        config = UnfoldedConfig(**payload["architecture"])
+    except TypeError as exc:  # an option this version does not know
+        raise LFMError(
+            f"{path} has an architecture this lfm_recon does not know ({exc}): upgrade lfm_recon"
+        ) from None
+    net = UnfoldedISTA(op, config=config)
     missing, unexpected = net.load_state_dict(payload["state_dict"], strict=False)
     missing = [k for k in missing if not k.startswith("op.")]
     if missing or unexpected:

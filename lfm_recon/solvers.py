@@ -160,10 +160,10 @@ class RichardsonLucy(Solver):
 
     ``accelerate``: Biggs–Andrews vector extrapolation (:func:`extrapolate`):
     from the third iteration on, each RL update starts from x_k + α_k (x_k −
-    x_{k−1}) instead of x_k, α_k ∈ [0, 0.95) estimated per frame from the last
+    x_{k−1}) instead of x_k, α_k ∈ [0, 0.95] estimated per frame from the last
     two updates. The same cost per iteration (one H, one Hᵀ) and the same
     fixed point; on the benchmark's phantoms it reaches RL's best PSNR in
-    5–7× fewer iterations, so its best iteration count is that much smaller
+    3–9× fewer iterations, so its best iteration count is that much smaller
     too (benchmarks/README.md). The deviance is no longer monotone.
     """
 
@@ -202,11 +202,14 @@ class RichardsonLucy(Solver):
         else:
             self.x, self.hx = x, self._h(x)
 
+    def _forward_of_x(self) -> torch.Tensor:
+        if self.hx is None:  # accelerated: H x is computed only when asked for
+            self.hx = self._h(self.x)
+        return self.hx
+
     def objective(self) -> torch.Tensor:
         """(B,) Poisson deviance Σ y log(y/μ) − y + μ (0 for a perfect fit)."""
-        if self.hx is None:
-            self.hx = self._h(self.x)
-        mu = self.hx + self.b
+        mu = self._forward_of_x() + self.b
         tiny = torch.finfo(mu.dtype).tiny
         log_term = torch.where(
             self.y > 0, self.y * torch.log(self.y.clamp_min(tiny) / mu.clamp_min(tiny)), 0.0
@@ -494,6 +497,17 @@ METHODS = ("rl", "isra", "fista", "admm")
 # RL at 100 iterations is 0.6 dB below its best (200–250 iterations, still
 # rising slowly); noisier data peaks earlier. Pass n_iter for more.
 DEFAULT_ITERATIONS = {"rl": 100, "isra": 100, "fista": 100, "admm": 50}
+# Accelerated RL reaches plain RL's best in 3–9× fewer iterations and
+# overfits the noise sooner past it: 30 is its best on the benchmarks'
+# 300-photon neurons (benchmarks/README.md).
+ACCELERATED_ITERATIONS = 30
+
+
+def default_iterations(method: str, accelerate: bool = False) -> int:
+    """The iteration count ``solve`` uses when none is given."""
+    return ACCELERATED_ITERATIONS if accelerate and method == "rl" else DEFAULT_ITERATIONS[method]
+
+
 DEFAULT_LAMBDA_FRACTION = 0.01
 # The anti-aliasing filter (lfm_recon.antialias) is for the multiplicative
 # solvers. On by default in solve() (the CLI's and the pipeline's entry): on
@@ -521,7 +535,9 @@ def solve(
 
     Args:
         method: one of :data:`METHODS` (``"rl"`` Richardson–Lucy).
-        n_iter: iterations (default :data:`DEFAULT_ITERATIONS` of the method:
+        n_iter: iterations (default :func:`default_iterations`, i.e.
+            :data:`ACCELERATED_ITERATIONS` for accelerated RL, else
+            :data:`DEFAULT_ITERATIONS` of the method:
             moderate counts, see its comment).
         lam_fraction: for FISTA and ADMM, λ = lam_fraction · λ_max(y) per
             frame (:func:`lambda_max`), so one value serves any brightness.
@@ -538,7 +554,7 @@ def solve(
     """
     if method not in METHODS:
         raise LFMError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    n_iter = DEFAULT_ITERATIONS[method] if n_iter is None else n_iter
+    n_iter = default_iterations(method, accelerate) if n_iter is None else n_iter
     filter = check_filter(method, filter)
     if accelerate and method != "rl":
         raise LFMError(f"accelerate is for rl (Richardson–Lucy) only, not for {method}")
@@ -740,10 +756,13 @@ def extrapolate(x, previous, update, earlier_update) -> torch.Tensor:
         update, earlier_update: g_{k−1} and g_{k−2}, (B, ...).
 
     Returns:
-        p_k = max(x_k + α_k (x_k − x_{k−1}), 0), α_k = Σ g_{k−1} g_{k−2} /
-        Σ g_{k−2}², clipped to [0, :data:`ACCELERATION_LIMIT`], per frame:
-        how far the last two updates agree in direction is how far the
-        method's path is trusted to continue.
+        p_k = x_k + α_k (x_k − x_{k−1}), α_k = Σ g_{k−1} g_{k−2} / Σ g_{k−2}²,
+        clipped to [0, :data:`ACCELERATION_LIMIT`], per frame: how far the
+        last two updates agree in direction is how far the method's path is
+        trusted to continue. Where p_k would not be positive, p_k = x_k: a
+        voxel set to 0 would stay 0 under RL's multiplicative update (and
+        its extrapolation), which stalls the iteration short of RL's fixed
+        point.
     """
     dims = tuple(range(1, x.ndim))
     # The sums in float32 at least: in half precision they can overflow.
@@ -752,7 +771,8 @@ def extrapolate(x, previous, update, earlier_update) -> torch.Tensor:
     num = (u * e).sum(dim=dims, keepdim=True)
     den = e.square().sum(dim=dims, keepdim=True)
     alpha = _safe_divide(num, den).clamp(0.0, ACCELERATION_LIMIT).to(x.dtype)
-    return (x + alpha * (x - previous)).clamp_min(0)
+    point = x + alpha * (x - previous)
+    return torch.where(point > 0, point, x)
 
 
 def _safe_divide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -86,8 +86,9 @@ class UnfoldedConfig:
             more plain iterations, for the same cost.
         noise_aware: the layers see the frame's signal-to-noise ratio
             (:meth:`UnfoldedISTA.snr`, photons): layer k scales its step,
-            its thresholds and its prior's correction by (snr / 3)^γ, one
-            learned γ each, starting at 0 (the plain network). This gives up
+            its thresholds and its prior's correction (if any) by
+            (snr / 3)^γ, one learned γ each, starting at 0 (the plain
+            network). This gives up
             exact scale-equivariance on purpose: a bright frame is not a
             scaled dim one, and how far to trust the data depends on it.
         start: x₀: ``"zero"``, ``"uniform"`` (RL's start: the frame's mean
@@ -133,6 +134,8 @@ class UnfoldedConfig:
             raise LFMError(f"rl_start must be a whole number of iterations, got {self.rl_start!r}")
         if self.rl_start < 0:
             raise LFMError(f"rl_start must be ≥ 0, got {self.rl_start}")
+        if self.rl_accelerate and not self.rl_start:
+            raise LFMError("rl_accelerate accelerates the RL start: give rl_start > 0 too")
         if self.rl_start and self.resolved_start != "uniform":
             raise LFMError(
                 "rl_start needs the uniform start (start = 'uniform' or 'auto' with poisson)"

@@ -75,6 +75,17 @@ def test_reconstruct_other_methods(files, method, capsys):
     assert volume.shape == (3, 18, 18) and volume.min() >= 0
 
 
+def test_evaluate_accelerated_rl_is_labelled_and_refused_without_rl(files, capsys):
+    root, _ = files
+    table = root / "fast.json"
+    argv = ["evaluate", str(root / "data.h5"), "--psf", str(root / "bank.h5")]
+    assert main([*argv, "--method", "rl", "--accelerate", "--json", str(table)]) == 0
+    (row,) = json.loads(table.read_text())
+    assert row["method"] == "rl-acc" and row["iterations"] == 30  # its own default
+    assert main([*argv, "--method", "fista", "--accelerate"]) == 2
+    assert "--accelerate is for rl" in capsys.readouterr().err
+
+
 def test_evaluate_prints_a_table_and_writes_json(files, capsys):
     root, _ = files
     table = root / "table.json"

@@ -357,6 +357,37 @@ def test_accelerated_richardson_lucy_reaches_the_poisson_maximum_likelihood_soon
     assert np.abs(plain - reference).max() > 10 * tol
 
 
+def test_accelerated_richardson_lucy_does_not_stall_on_a_sparse_bright_problem():
+    """432 unknowns, half of them 0, 2000 photons at the brightest pixel: many
+    voxels head for 0 on the way, where an extrapolation clipped to 0 would
+    freeze them for good (RL's update is multiplicative) and stall short of
+    the maximum-likelihood point. 3000 accelerated iterations land within 1 %
+    of the peak of the L-BFGS-B solution; plain RL is still 7 % off."""
+    cfg = Config(4, 2, (0, 1, 1), (6, 6), torch.float64)
+    op = LightFieldOperator(random_bank(cfg, seed=5), dtype=torch.float64)
+    shape = (1, *op.volume_shape(cfg.lenslets))
+    n = int(np.prod(shape))
+    a = op(torch.eye(n, dtype=torch.float64).reshape(n, *shape[1:])).reshape(n, -1).T.numpy()
+    rng = np.random.default_rng(1)
+    x_true = rng.uniform(0, 1, n)
+    x_true[rng.random(n) < 0.5] = 0
+    x_true *= 2000 / (a @ x_true).max()
+    b = 2.0
+    y = rng.poisson(a @ x_true + b).astype(float)
+
+    def fun(x):
+        mu = a @ x + b
+        return mu.sum() - y @ np.log(mu), a.T @ (1 - y / mu)
+
+    reference = _lbfgs(fun, n)
+    yt = _y(op, a, y)
+    fast = S.richardson_lucy(op, yt, 3000, background=b, accelerate=True).numpy().ravel()
+    plain = S.richardson_lucy(op, yt, 3000, background=b).numpy().ravel()
+    peak = reference.max()
+    np.testing.assert_allclose(fast, reference, atol=1e-2 * peak)
+    assert np.abs(plain - reference).max() > 5e-2 * peak
+
+
 def test_accelerated_richardson_lucy_starts_as_plain_and_keeps_flux(problem):
     """The first two iterations have no update history to extrapolate: they
     are plain RL; from the third on the path differs. Every iterate is an RL
@@ -398,8 +429,10 @@ def test_extrapolation_is_clipped_to_non_negative_and_bounded_alpha():
     p = S.extrapolate(x, previous, same, same)
     torch.testing.assert_close(p, x + S.ACCELERATION_LIMIT * (x - previous))
     torch.testing.assert_close(S.extrapolate(x, previous, same, -same), x)
+    # A voxel the extrapolation would take to 0 or below keeps its value
+    # (not 0, where RL could never bring it back); the others extrapolate.
     far = S.extrapolate(x, torch.tensor([[9.0, 1.0, 0.5]]), same, same)
-    assert far[0, 0] == 0 and far.min() >= 0
+    torch.testing.assert_close(far, torch.tensor([[1.0, 2.95, 0.5]]))
 
 
 def test_accelerate_must_be_a_boolean(problem):

@@ -234,6 +234,23 @@ def test_refused_resume_leaves_the_run_as_it_was(workspace):
     assert after == before
 
 
+def test_a_run_from_before_an_architecture_option_resumes(workspace):
+    """A checkpoint written before an option of the model existed (its
+    config lacks the key) resumes: the missing option is its default."""
+    cfg = config(workspace, CONFIG.replace("steps = 8", "steps = 2"), output="run-older")
+    train(cfg, progress=False)
+    path = workspace / "run-older" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    for key in ("rl_accelerate", "noise_aware"):
+        del state["config"]["model"][key]
+    torch.save(state, path)
+    assert train(cfg, resume=True, progress=False).step == 2
+    state["config"]["model"]["n_layers"] = 5  # a real difference is still refused
+    torch.save(state, path)
+    with pytest.raises(LFMError, match=r"differs from the checkpoint's in model\.n_layers"):
+        train(cfg, resume=True, progress=False)
+
+
 def test_a_run_moved_with_its_data_resumes(workspace, tmp_path):
     """Paths are kept relative to the run folder: move the run and its data
     together, resume from the run's own config.toml."""

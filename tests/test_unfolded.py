@@ -181,6 +181,8 @@ def test_bad_inputs(op, lightfields):
         UnfoldedConfig(lam_fraction=-0.1)
     with pytest.raises(LFMError, match="rl_accelerate must be true or false"):
         UnfoldedConfig(data_term="poisson", rl_start=5, rl_accelerate="yes")
+    with pytest.raises(LFMError, match="give rl_start > 0"):
+        UnfoldedConfig(data_term="poisson", rl_accelerate=True)
 
 
 def test_set_lambda_scale_matches_the_solvers_scale(op, lightfields):

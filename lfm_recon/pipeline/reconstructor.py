@@ -23,11 +23,11 @@ from ..operator import LightFieldOperator
 from ..psf.bank import PSFBank
 from ..recording import file_sha256
 from ..solvers import (
-    DEFAULT_ITERATIONS,
     DEFAULT_LAMBDA_FRACTION,
     FILTERED_METHODS,
     METHODS,
     check_filter,
+    default_iterations,
     solve,
 )
 from ..unfolded import UnfoldedISTA
@@ -49,7 +49,8 @@ class Reconstructor:
             or ``"auto"``: estimated from the frames by
             :meth:`estimate_background` before the first call.
         n_iter, lam_fraction, rho, prior, filter, accelerate: the solvers'
-            (see :func:`lfm_recon.solvers.solve`); ignored by "net".
+            (see :func:`lfm_recon.solvers.solve`); "net" takes none of them
+            (a filter or accelerate with "net" is an error).
 
     Calling it returns float32 volumes in photons per voxel on the
     operator's device, whatever the operator's dtype. Frames without signal
@@ -87,7 +88,7 @@ class Reconstructor:
         self.estimated = isinstance(background, str) and background == AUTO
         if not self.estimated:
             self.set_background(background)
-        self.n_iter = None if method == "net" else _iterations(n_iter, method)
+        self.n_iter = None if method == "net" else _iterations(n_iter, method, accelerate is True)
         _check_solver_options(lam_fraction, rho, prior)
         if method == "net" and filter not in (None, "none"):
             raise LFMError("--filter is for the solvers rl and isra, not for the network")
@@ -158,9 +159,9 @@ class Reconstructor:
         return out
 
 
-def _iterations(n_iter, method: str) -> int:
+def _iterations(n_iter, method: str, accelerate: bool) -> int:
     if n_iter is None:
-        return DEFAULT_ITERATIONS[method]
+        return default_iterations(method, accelerate)
     if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
         raise LFMError(f"iterations (n_iter) must be a positive integer, got {n_iter!r}")
     return n_iter

@@ -85,7 +85,7 @@ class RunFolder:
                 f" {state.get('format_version')!r}, this one reads {CHECKPOINT_VERSION});"
                 " start a new run"
             )
-        changed = _differences(state["config"], self.portable_config())
+        changed = _differences(_with_model_defaults(state["config"]), self.portable_config())
         changed = [k for k in changed if k not in RESUMABLE_CHANGES]
         if changed:
             names = ", ".join(".".join(k) for k in changed)
@@ -121,6 +121,18 @@ class RunFolder:
 
 def _replace_text(path: Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
+
+
+def _with_model_defaults(config: dict) -> dict:
+    """A checkpoint's config with the architecture options it predates set to
+    their defaults (the values it was trained with), so that a run started
+    before an option existed still resumes."""
+    from ..unfolded import UnfoldedConfig
+
+    model = config.get("model")
+    if not isinstance(model, dict):
+        return config
+    return {**config, "model": {**UnfoldedConfig().to_dict(), **model}}
 
 
 def _differences(a: dict, b: dict, prefix: tuple = ()) -> list[tuple]:
