@@ -2,7 +2,8 @@
 
 1. The sample (``lfm_recon.data.sample``): the reference PSF bank and 16
    paired + 16 unlabeled simulated light fields (cached).
-2. A small unfolded network trained for a short CPU budget (cached with
+2. A small unfolded network (15 accelerated RL iterations, then 8 learned
+   layers) trained for a short CPU budget (cached per recipe and budget with
    the sample): supervised on 8 of the paired samples and on simulation
    drawn fresh every step (``[data.simulate]``), and on the unlabeled light
    fields through the re-synthesis loss (Poisson deviance, held-out pixels).
