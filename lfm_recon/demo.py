@@ -153,17 +153,21 @@ def run_demo(output: str | Path = "lfm_demo", budget: float = 120.0, progress: b
         volumes[name] = x
         s = score(torch.from_numpy(x), data, held, op, background).summary()
         rows.append({"method": name, **s, "s_per_volume": report.seconds / report.computed})
-    label = {"rl": f"RL, {RL_ITERATIONS} it., anti-aliased", "net": "unfolded network (8 layers)"}
+    m = _recipe(Path("."), budget)["model"]
+    label = {
+        "rl": f"RL, {RL_ITERATIONS} it., anti-aliased",
+        "net": f"unfolded network ({m['rl_start']} acc. RL it. + {m['n_layers']} layers)",
+    }
     print(
         f"\n{len(held)} unseen volumes, 21×21 lenslets, 11 depths (PSNR after least-squares"
         " scaling, peak = truth max)"
     )
     print(
-        f"{'method':32s} {'PSNR dB':>8s} {'SSIM':>6s} {'F1':>6s} {'residual':>9s} {'s/volume':>9s}"
+        f"{'method':44s} {'PSNR dB':>8s} {'SSIM':>6s} {'F1':>6s} {'residual':>9s} {'s/volume':>9s}"
     )
     for r in rows:
         print(
-            f"{label[r['method']]:32s} {r['psnr']:8.2f} {r['ssim']:6.3f} {r['f1']:6.3f}"
+            f"{label[r['method']]:44s} {r['psnr']:8.2f} {r['ssim']:6.3f} {r['f1']:6.3f}"
             f" {r['residual']:9.4f} {r['s_per_volume']:9.3f}"
         )
     truth = data.volumes[held[0]] * data.gains[held[0]]

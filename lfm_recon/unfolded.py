@@ -257,8 +257,9 @@ class UnfoldedISTA(nn.Module):
     @staticmethod
     def snr(c: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(B, 1, 1, 1) signal-to-noise ratio of a frame's mean pixel under
-        Poisson noise: c / √(c + b̄), c the mean signal and b̄ the mean
-        background per pixel, both in photons."""
+        Poisson noise: c / √(c + b̄), c (B, 1, 1, 1) the mean signal and b̄ the
+        mean of b (anything broadcastable to (B, 1, Y, X): a level per frame or
+        per pixel) per pixel, both in photons."""
         tiny = torch.finfo(c.dtype).tiny
         mean_b = b.mean(dim=(1, 2, 3), keepdim=True).clamp_min(0)
         return (c / (c + mean_b).sqrt().clamp_min(tiny)).clamp_min(tiny)
@@ -319,7 +320,7 @@ class UnfoldedISTA(nn.Module):
         data term (0 hides it; None = all count), e.g. to hold pixels out.
         """
         yn, bn, c = self.normalise(y, background, scale)
-        snr = self.snr(c, bn.expand_as(yn) * c) if self.config.noise_aware else None
+        snr = self.snr(c, bn * c) if self.config.noise_aware else None
         return self.layers(yn, bn, weight, snr) * c
 
     def layers(self, y: torch.Tensor, b: torch.Tensor, weight=None, snr=None) -> torch.Tensor:
