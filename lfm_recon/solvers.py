@@ -209,12 +209,7 @@ class RichardsonLucy(Solver):
 
     def objective(self) -> torch.Tensor:
         """(B,) Poisson deviance Σ y log(y/μ) − y + μ (0 for a perfect fit)."""
-        mu = self._forward_of_x() + self.b
-        tiny = torch.finfo(mu.dtype).tiny
-        log_term = torch.where(
-            self.y > 0, self.y * torch.log(self.y.clamp_min(tiny) / mu.clamp_min(tiny)), 0.0
-        )
-        return (log_term - self.y + mu).flatten(1).sum(dim=1)
+        return poisson_deviance(self.y, self._forward_of_x() + self.b).flatten(1).sum(dim=1)
 
 
 class ISRA(Solver):
@@ -745,6 +740,14 @@ def _start(solver: Solver, x0, uniform: bool = True) -> torch.Tensor:
 
 
 ACCELERATION_LIMIT = 0.95  # α < 1 keeps the extrapolation from running away
+
+
+def poisson_deviance(y: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """Elementwise y log(y/μ) − y + μ (half the Poisson deviance; 0·log 0 = 0),
+    y ≥ 0 counts and μ > 0 their predicted means, same units."""
+    tiny = torch.finfo(mu.dtype).tiny
+    log_term = torch.where(y > 0, y * torch.log(y.clamp_min(tiny) / mu.clamp_min(tiny)), 0.0)
+    return log_term - y + mu
 
 
 def extrapolate(x, previous, update, earlier_update) -> torch.Tensor:

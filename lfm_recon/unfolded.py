@@ -54,12 +54,15 @@ from torch import nn
 
 from .errors import LFMError
 from .operator import LightFieldOperator
-from .solvers import as_background, as_lightfield, extrapolate, threshold
+from .solvers import as_background, as_lightfield, extrapolate, poisson_deviance, threshold
 
 DATA_TERMS = ("gaussian", "poisson")
 SNR_REFERENCE = 3.0  # a noise_aware network's gains are 1 at this snr (mid training range)
 PRIORS = ("none", "cnn", "unet")
 STARTS = ("auto", "zero", "adjoint", "uniform")
+RL_STOPS = ("fixed", "holdout")
+HOLDOUT_FRACTION = 1 / 8  # pixels the held-out stop of the RL start keeps back
+HOLDOUT_PATIENCE = 5  # iterations past a frame's best before it is done
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,16 @@ class UnfoldedConfig:
         rl_accelerate: run the RL start with Biggs–Andrews extrapolation
             (:func:`lfm_recon.solvers.extrapolate`): as far as several times
             more plain iterations, for the same cost.
+        rl_stop: ``"fixed"`` (``rl_start`` iterations) or ``"holdout"``: frame
+            by frame, the RL start stops where its Poisson deviance on held-out
+            pixels (1/8, a fixed random pattern, not used by the start) is
+            lowest, at most ``rl_start`` iterations (it ends once every frame
+            is :data:`HOLDOUT_PATIENCE` iterations past its best). How far RL
+            should run depends on the frame (photons, sparsity); the held-out
+            pixels measure it without knowing the noise level (read noise) or
+            the object. The layers then use all pixels. The stop depends on
+            the whole input, so a patch is no longer reconstructed exactly as
+            its frame's interior.
         noise_aware: the layers see the frame's signal-to-noise ratio
             (:meth:`UnfoldedISTA.snr`, photons): layer k scales its step,
             its thresholds and its prior's correction (if any) by
@@ -112,6 +125,7 @@ class UnfoldedConfig:
     tied_prior: bool = False
     rl_start: int = 0
     rl_accelerate: bool = False
+    rl_stop: str = "fixed"
     noise_aware: bool = False
     start: str = "auto"
     lam_fraction: float = 0.01
@@ -124,6 +138,7 @@ class UnfoldedConfig:
             ("data_term", self.data_term, DATA_TERMS),
             ("prior", self.prior, PRIORS),
             ("start", self.start, STARTS),
+            ("rl_stop", self.rl_stop, RL_STOPS),
         ):
             if value not in allowed:
                 raise LFMError(f"model {name} must be one of {allowed}, got {value!r}")
@@ -136,6 +151,8 @@ class UnfoldedConfig:
             raise LFMError(f"rl_start must be ≥ 0, got {self.rl_start}")
         if self.rl_accelerate and not self.rl_start:
             raise LFMError("rl_accelerate accelerates the RL start: give rl_start > 0 too")
+        if self.rl_stop != "fixed" and not self.rl_start:
+            raise LFMError("rl_stop stops the RL start: give rl_start > 0 (its maximum) too")
         if self.rl_start and self.resolved_start != "uniform":
             raise LFMError(
                 "rl_start needs the uniform start (start = 'uniform' or 'auto' with poisson)"
@@ -176,7 +193,9 @@ class UnfoldedISTA(nn.Module):
 
     Call ``net(y, background)``: y in camera counts, background in counts per
     pixel (a number, (B,) or broadcastable to y). Returns the volume in
-    photons per voxel, like the solvers.
+    photons per voxel, like the solvers. After a call, ``rl_iterations``
+    (B,) holds the iterations of the RL start each frame kept (a
+    diagnostic; ``rl_start`` for every frame unless ``rl_stop = "holdout"``).
 
     Learned parameters, each mapped through softplus (positive, smooth at 0):
     ``step_raw`` (n_layers, 1 or D) with μ_k = softplus(step_raw)·step_unit,
@@ -339,8 +358,10 @@ class UnfoldedISTA(nn.Module):
         poisson = cfg.data_term == "poisson"
         tiny = torch.finfo(y.dtype).tiny
         x = self._start(y, b)
+        self.rl_iterations = torch.zeros(len(y), dtype=torch.long, device=y.device)
         if cfg.rl_start:
-            x = self._richardson_lucy(x, y, b, weight, cfg.rl_start, cfg.rl_accelerate)
+            with torch.no_grad():  # no parameters before the layers
+                x = self._richardson_lucy(x, y, b, weight, cfg.rl_start, cfg.rl_accelerate)
         if poisson:
             # Hᵀw: the sensitivity of each voxel to the pixels that count.
             sens = self._sensitivity(y) if weight is None else op.backproject(weight)
@@ -378,30 +399,68 @@ class UnfoldedISTA(nn.Module):
     def _richardson_lucy(self, x, y, b, weight, n: int, accelerate: bool) -> torch.Tensor:
         """n RL iterations from x (normalised units; pixels weighted), with
         Biggs–Andrews extrapolation if ``accelerate`` (as
-        :class:`~lfm_recon.solvers.RichardsonLucy`)."""
+        :class:`~lfm_recon.solvers.RichardsonLucy`); with ``rl_stop =
+        "holdout"`` at most n, each frame's estimate of lowest held-out
+        deviance (see :class:`UnfoldedConfig`)."""
         op, tiny = self.op, torch.finfo(y.dtype).tiny
-        w = torch.ones_like(y) if weight is None else weight
-        sens = self._sensitivity(y) if weight is None else op.backproject(w)
-        yc = y.clamp_min(0) * w
+        yc = y.clamp_min(0)
+        held = None
+        if self.config.rl_stop == "holdout":
+            mask = self.holdout_mask(y)
+            held = mask if weight is None else mask * weight
+            w = 1 - mask if weight is None else (1 - mask) * weight
+            sens = self._sensitivity(y, holdout=True) if weight is None else op.backproject(w)
+            best, best_dev = x, torch.full((len(y),), math.inf, dtype=y.dtype, device=y.device)
+            since = torch.zeros(len(y), dtype=torch.long, device=y.device)
+            stopped = torch.zeros(len(y), dtype=torch.long, device=y.device)
+        else:
+            w = torch.ones_like(y) if weight is None else weight
+            sens = self._sensitivity(y) if weight is None else op.backproject(w)
+        yw = yc * w
         previous, updates = None, []
-        for _ in range(n):
+        self.rl_iterations = torch.full((len(y),), n, dtype=torch.long, device=y.device)
+        for k in range(n):
             point = extrapolate(x, previous, *updates) if len(updates) == 2 else x
             predicted = op.project(point) + b
-            ratio = torch.where(predicted > 0, yc / predicted.clamp_min(tiny), 0)
+            if held is not None:
+                dev = (held * poisson_deviance(yc, predicted)).flatten(1).sum(dim=1)
+                better = dev < best_dev
+                best = torch.where(better.reshape(-1, 1, 1, 1), point, best)
+                best_dev = torch.where(better, dev, best_dev)
+                since = torch.where(better, 0, since + 1)
+                # point is the estimate after k iterations (extrapolated)
+                self.rl_iterations = stopped = torch.where(better, k, stopped)
+                if bool((since >= HOLDOUT_PATIENCE).all()):
+                    return best
+            ratio = torch.where(predicted > 0, yw / predicted.clamp_min(tiny), 0)
             new = torch.where(sens > 0, point * op.backproject(ratio) / sens.clamp_min(tiny), 0)
             if accelerate:
                 previous, updates = x, [new - point, *updates[:1]]
             x = new
-        return x
+        return x if held is None else best
 
-    def _sensitivity(self, y: torch.Tensor) -> torch.Tensor:
-        """Hᵀ1 (1, D, Yv, Xv) for light fields shaped like y, computed once per
-        frame size (H is fixed, so it never changes)."""
-        key = (tuple(y.shape[-2:]), y.device, y.dtype)
+    def holdout_mask(self, y: torch.Tensor) -> torch.Tensor:
+        """(1, 1, Y, X), 1 at the pixels the held-out stop keeps back: a
+        fixed pseudo-random pattern (seed 0) for each frame size, the same on
+        every device, so a reconstruction does not change from run to run."""
+        key = ("holdout", tuple(y.shape[-2:]), y.device, y.dtype)
         cache = self.__dict__.setdefault("_sens_cache", {})
         if key not in cache:
+            g = torch.Generator().manual_seed(0)
+            mask = torch.rand((1, 1, *y.shape[-2:]), generator=g) < HOLDOUT_FRACTION
+            cache[key] = mask.to(device=y.device, dtype=y.dtype)
+        return cache[key]
+
+    def _sensitivity(self, y: torch.Tensor, holdout: bool = False) -> torch.Tensor:
+        """Hᵀ1 (1, D, Yv, Xv) for light fields shaped like y (``holdout``:
+        Hᵀ of the pixels not held out), computed once per frame size (H is
+        fixed, so it never changes)."""
+        key = (tuple(y.shape[-2:]), y.device, y.dtype, holdout)
+        cache = self.__dict__.setdefault("_sens_cache", {})
+        if key not in cache:
+            ones = torch.ones_like(y[:1])
             with torch.no_grad():
-                cache[key] = self.op.backproject(torch.ones_like(y[:1]))
+                cache[key] = self.op.backproject(ones - self.holdout_mask(y) if holdout else ones)
         return cache[key]
 
     def _start(self, y, b) -> torch.Tensor | None:
@@ -419,7 +478,7 @@ class UnfoldedISTA(nn.Module):
         return (
             f"n_layers={c.n_layers}, data_term={c.data_term}, per_depth_step={c.per_depth_step},"
             f" prior={c.prior}, tied_prior={c.tied_prior}, rl_start={c.rl_start},"
-            f" rl_accelerate={c.rl_accelerate}, noise_aware={c.noise_aware},"
+            f" rl_accelerate={c.rl_accelerate}, rl_stop={c.rl_stop}, noise_aware={c.noise_aware},"
             f" start={c.resolved_start}"
         )
 

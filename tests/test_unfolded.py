@@ -142,6 +142,89 @@ def test_accelerated_rl_start_is_the_solvers_accelerated_richardson_lucy(op, lig
     assert (x - plain).abs().max() > 1e-3 * float(expected.max())
 
 
+def _identity_layer(net: UnfoldedISTA) -> None:
+    """μ ≈ 0 and λ ≈ 0: the one Poisson layer returns its input (the RL start)."""
+    with torch.no_grad():
+        net.step_raw.fill_(-60.0)
+        net.threshold_raw.fill_(-60.0)
+
+
+def _nll(op, x, y, b, mask) -> np.ndarray:
+    """(B,) Poisson negative log-likelihood of y on the masked pixels, up to
+    a constant: Σ μ − y log μ, μ = H x + b (written out, float64)."""
+    mu = (op.project(x) + b).double().clamp_min(1e-300)
+    return ((mu - y.double().clamp_min(0) * mu.log()) * mask).flatten(1).sum(1).numpy()
+
+
+def test_holdout_stop_keeps_the_rl_iterate_of_least_held_out_likelihood(small_bank, op):
+    """rl_stop = "holdout" (plain RL): each frame gets the RL iterate, RL run
+    on the pixels not held out, at which the held-out pixels' Poisson
+    likelihood is highest (brute force over every iteration), the run
+    ending once every frame is HOLDOUT_PATIENCE past its best."""
+    from lfm_recon.unfolded import HOLDOUT_PATIENCE
+
+    n, b = 150, 5.0
+    data = simulate_dataset(small_bank, 3, 0, lenslets=(7, 8), photons=30.0, background=b, seed=3)
+    lightfields = torch.from_numpy(data.lightfields)  # dim: RL fits noise early
+    net = UnfoldedISTA(op, 1, data_term="poisson", em_floor=0.0, rl_start=n, rl_stop="holdout")
+    _identity_layer(net)
+    with torch.no_grad():
+        x = net(lightfields, b)
+    mask = net.holdout_mask(lightfields)
+    w = 1 - mask
+    iterates, nll = [], []
+    xj = _uniform_start(op, lightfields, b).expand_as(x).clone()
+    for _ in range(n):  # RL on the pixels not held out, written out
+        iterates.append(xj)
+        nll.append(_nll(op, xj, lightfields, b, mask))
+        ratio = w * lightfields.clamp_min(0) / (op.project(xj) + b)
+        xj = xj * op.backproject(ratio) / op.backproject(w.expand_as(lightfields))
+    nll = np.array(nll)  # (n, B)
+    ran = n
+    for j in range(n):  # the run ends at the first j where every frame is done
+        best = nll[: j + 1].argmin(axis=0)
+        if (j - best >= HOLDOUT_PATIENCE).all():
+            ran = j + 1
+            break
+    best = nll[:ran].argmin(axis=0)
+    assert ran < n  # every frame reached an interior optimum: the stop did something
+    assert net.rl_iterations.tolist() == best.tolist()
+    expected = torch.stack([iterates[k][i] for i, k in enumerate(best)])
+    torch.testing.assert_close(x, expected, rtol=1e-4, atol=1e-5 * float(expected.max()))
+
+
+def test_holdout_stop_runs_rl_longer_on_brighter_frames(small_bank, op):
+    """The same volumes at 100× the photons: RL should (and does) run longer
+    before it fits noise."""
+    net = UnfoldedISTA(
+        op, 1, data_term="poisson", rl_start=300, rl_accelerate=True, rl_stop="holdout"
+    )
+    counts = []
+    for photons in (10.0, 1000.0):
+        data = simulate_dataset(
+            small_bank, 3, 0, lenslets=(7, 8), photons=photons, background=5.0, seed=4
+        )
+        with torch.no_grad():
+            net(torch.from_numpy(data.lightfields), 5.0)
+        counts.append(net.rl_iterations.double().mean().item())
+    assert counts[1] > 2 * counts[0], counts
+
+
+def test_holdout_mask_is_fixed_and_one_pixel_in_eight(op):
+    from lfm_recon.unfolded import HOLDOUT_FRACTION
+
+    net = UnfoldedISTA(op, 1, data_term="poisson", rl_start=3, rl_stop="holdout")
+    y = torch.zeros(2, 1, 150, 165)
+    mask = net.holdout_mask(y)
+    assert mask.shape == (1, 1, 150, 165)
+    other = UnfoldedISTA(op, 1, data_term="poisson", rl_start=3, rl_stop="holdout")
+    assert torch.equal(mask, other.holdout_mask(y))  # the same in any process
+    n = mask.numel()
+    sigma = math.sqrt(n * HOLDOUT_FRACTION * (1 - HOLDOUT_FRACTION))
+    assert abs(float(mask.sum()) - n * HOLDOUT_FRACTION) < 5 * sigma
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+
+
 def test_gradients_reach_steps_and_thresholds_only():
     """gradcheck in float64 through the unfolded layers (both data terms);
     H's weights are buffers and get no gradient."""
@@ -183,6 +266,10 @@ def test_bad_inputs(op, lightfields):
         UnfoldedConfig(data_term="poisson", rl_start=5, rl_accelerate="yes")
     with pytest.raises(LFMError, match="give rl_start > 0"):
         UnfoldedConfig(data_term="poisson", rl_accelerate=True)
+    with pytest.raises(LFMError, match="rl_stop must be one of"):
+        UnfoldedConfig(data_term="poisson", rl_start=5, rl_stop="never")
+    with pytest.raises(LFMError, match="give rl_start > 0"):
+        UnfoldedConfig(data_term="poisson", rl_stop="holdout")
 
 
 def test_set_lambda_scale_matches_the_solvers_scale(op, lightfields):
