@@ -20,12 +20,19 @@ unlabeled light fields (16) and unpaired volumes (4), all from its own seeds):
   computed with a 2 % higher magnification (a wrong calibration), scored
   with the nominal bank.
 
+And one family *in* the training distribution: ``simulator``, fixed draws
+of the training simulator itself (``[data.simulate]``'s default ranges,
+21×21 lenslets, each sample its own photons and background; seeds no
+training uses). Only ``sup`` runs on it (``--families simulator``; it has
+no unlabeled or unpaired sets).
+
 Methods, scored on each family's test set (PSNR after least-squares
 scaling, pooled detection F1):
 
 * ``rl``: Richardson–Lucy (anti-aliased, the package default), its
   iteration count chosen on that family's validation set; beside it (not
-  the yardstick) accelerated RL (``accelerate=True``), chosen the same way.
+  the yardstick) accelerated RL (``accelerate=True``), with and without the
+  anti-aliasing filter, chosen the same way (``RL_BASELINES``).
 * ``fixed``: the old recipe: the network trained (supervised) on a fixed set
   of the package family (16 volumes + 16 unlabeled light fields).
 * ``sup``: the network trained (supervised) on randomised simulation only
@@ -77,6 +84,7 @@ from lfm_recon.data import SimulatedData, sample, simulate_dataset
 from lfm_recon.evaluate import score
 from lfm_recon.guard import check_network
 from lfm_recon.modelfile import load_model
+from lfm_recon.simulator import SimulationRanges, Simulator, simulated_dataset
 from lfm_recon.training import TrainConfig, train
 
 BASE = dict(
@@ -99,6 +107,13 @@ FAMILIES = {
     ),
     "psf-mag+2%": dict(psf="mag"),
 }
+# Plain anti-aliased RL (the package default) is the yardstick; beside it,
+# accelerated RL with and without the anti-aliasing filter (key, accelerate, filter).
+RL_BASELINES = (
+    ("rl", False, "antialias"),
+    ("rl_accelerated", True, "antialias"),
+    ("rl_accelerated_unfiltered", True, "none"),
+)
 SIZES = {"val": 4, "test": 6, "unlabeled": 16, "unpaired": 4}
 RL_CHECKPOINTS = (5, 10, 20, 30, 50, 70, 100, 150, 200, 300, 400, 600)
 # The network (the package's main architecture) and the simulation recipe.
@@ -130,6 +145,8 @@ def banks(folder: Path) -> tuple[PSFBank, PSFBank]:
 def family_sets(folder: Path, name: str, index: int) -> dict:
     """The family's val/test/unlabeled/unpaired sets (cached), the unlabeled
     light fields as a TIFF stack and the unpaired volumes as HDF5 with voxel size."""
+    if name == IN_DISTRIBUTION:
+        return simulator_sets(folder)
     bank, mag = banks(folder)
     spec = {**BASE, **FAMILIES[name]}
     source = mag if spec.pop("psf", None) == "mag" else bank
@@ -159,6 +176,25 @@ def family_sets(folder: Path, name: str, index: int) -> dict:
     return out
 
 
+def simulator_sets(folder: Path) -> dict:
+    """The in-distribution family: val/test draws of the training simulator
+    (cached), with per-sample backgrounds (n, 1, 1, 1) photons per pixel."""
+    bank, _ = banks(folder)
+    out = {}
+    for kind, seed in (("val", 7_000_001), ("test", 7_000_002)):  # no training seed
+        path = folder / f"{IN_DISTRIBUTION}-{kind}.h5"
+        if not path.exists():
+            sim = Simulator(LightFieldOperator(bank), SimulationRanges(), lenslets=21)
+            data, background = simulated_dataset(sim, SIZES[kind], seed)
+            data.simulation["backgrounds"] = [float(v) for v in background]
+            data.save(path)
+        out[kind] = SimulatedData.load(path)
+        b = np.asarray(out[kind].simulation["backgrounds"], dtype=np.float32)
+        out[f"background_{kind}"] = b.reshape(-1, 1, 1, 1)
+    out["background"] = out["background_test"]
+    return out
+
+
 def fixed_training_set(folder: Path) -> Path:
     """The old recipe's data: 16 package-family volumes + 16 unlabeled light fields."""
     bank, _ = banks(folder)
@@ -174,21 +210,24 @@ def rl_best(op, fam, filter: str = "antialias", accelerate: bool = False) -> dic
     on the family's validation set, scored on its test set; ``accelerate``:
     with Biggs–Andrews extrapolation (checkpoints up to 300)."""
     val, test, b = fam["val"], fam["test"], fam["background"]
+    b_val = fam.get("background_val", b)
     checkpoints = [k for k in RL_CHECKPOINTS if not accelerate or k <= 300]
     curve = {}
 
     def at(k, x):
         if k in checkpoints:
-            curve[k] = score(x, val, np.arange(len(x)), op, b).summary()["psnr"]
+            curve[k] = score(x, val, np.arange(len(x)), op, b_val).summary()["psnr"]
 
     y_val = torch.from_numpy(val.lightfields)
-    solver = S.RichardsonLucy(op, y_val, b, filter=filter, accelerate=accelerate)
+    solver = S.RichardsonLucy(op, y_val, _tensor(b_val), filter=filter, accelerate=accelerate)
     solver.run(max(checkpoints), callback=at)
     n = max(curve, key=curve.get)
     y = torch.from_numpy(test.lightfields)
 
     def run(v):
-        return S.richardson_lucy(op, v, n, background=b, filter=filter, accelerate=accelerate)
+        return S.richardson_lucy(
+            op, v, n, background=_tensor(b), filter=filter, accelerate=accelerate
+        )
 
     out = {
         "iterations": n,
@@ -201,12 +240,14 @@ def rl_best(op, fam, filter: str = "antialias", accelerate: bool = False) -> dic
 
 
 def net_scores(net, fam) -> dict:
-    test, b = fam["test"], fam["background"]
+    test, b = fam["test"], _tensor(fam["background"])
     y = torch.from_numpy(test.lightfields)
     with torch.no_grad():
         x = net(y, b)
+        rl_iterations = float(net.rl_iterations.double().mean())  # the start's, per frame
         seconds = _time(lambda: net(y, b), net.op.device, 1) / len(y)
-    return {**score(x, test, np.arange(len(y)), net.op, b).summary(), "s_per_volume": seconds}
+    out = {**score(x, test, np.arange(len(y)), net.op, b).summary(), "s_per_volume": seconds}
+    return {**out, "rl_iterations": rl_iterations}
 
 
 def run_training(
@@ -264,9 +305,10 @@ def main() -> None:
     folder = Path(args.folder)
     folder.mkdir(parents=True, exist_ok=True)
     if args.summarise is not None:
-        merged = {"runs": [], "rl": json.loads((folder / "rl.json").read_text())}
-        fast = folder / "rl-accelerated.json"
-        merged["rl_accelerated"] = json.loads(fast.read_text()) if fast.exists() else {}
+        merged = {"runs": []}
+        for key, _, _ in RL_BASELINES:
+            cache = folder / f"{key.replace('_', '-')}.json"
+            merged[key] = json.loads(cache.read_text()) if cache.exists() else {}
         for path in args.summarise:
             part = json.loads(Path(path).read_text())
             merged["families"] = part["families"]
@@ -289,13 +331,13 @@ def main() -> None:
 
     # Plain RL is the yardstick; accelerated RL (the same fixed point in
     # several times fewer iterations) is reported beside it.
-    for key, accelerate in (("rl", False), ("rl_accelerated", True)):
+    for key, accelerate, filter in RL_BASELINES:
         rl_cache = folder / f"{key.replace('_', '-')}.json"
         cached = json.loads(rl_cache.read_text()) if rl_cache.exists() else {}
         out[key] = {}
         for n in names:
             if n not in cached and not args.no_rl:
-                cached[n] = rl_best(op, fams[n], accelerate=accelerate)
+                cached[n] = rl_best(op, fams[n], filter=filter, accelerate=accelerate)
                 rl_cache.write_text(json.dumps(cached, indent=1, default=float))
             if n in cached:
                 out[key][n] = r = cached[n]
@@ -306,15 +348,20 @@ def main() -> None:
         for n in fam_names:
             s = net_scores(net, fams[n])
             fam = fams[n]
-            guard = check_network(net, fam["test"].lightfields[:3], fam["background"])
+            b = fam["background"]
+            # The guard takes one background: not run on per-sample ones.
+            ratio = float("nan")
+            if np.isscalar(b):
+                ratio = check_network(net, fam["test"].lightfields[:3], b).ratio
             row = {"method": method + tag, "seed": seed, "family": n, "train_s": train_s, **s}
-            row["guard_ratio"] = guard.ratio
+            row["guard_ratio"] = ratio
             out["runs"].append(row)
             rl = out["rl"].get(n)
             versus = f" ({s['psnr'] - rl['psnr']:+.2f} vs RL)" if rl else ""
             print(
                 f"{method} seed {seed} {n}: PSNR {s['psnr']:.2f}{versus},"
-                f" F1 {s['f1']:.3f}, guard {guard.ratio:.2f}",
+                f" F1 {s['f1']:.3f}, guard {ratio:.2f},"
+                f" RL start {s['rl_iterations']:.0f} it.",
                 flush=True,
             )
         save()
@@ -343,6 +390,8 @@ def main() -> None:
         tune = {"init_model": str(trained)}
         for n in names:
             fam = fams[n]
+            if n == IN_DISTRIBUTION:  # no unlabeled or unpaired sets: sup only
+                continue
             if "tta" in parts:
                 start = time.perf_counter()
                 tuned, _ = adapt(
@@ -394,17 +443,21 @@ def summarise(out: dict) -> None:
         )
         + " |"
     )
-    fast = out.get("rl_accelerated") or {}
-    if all(n in fast for n in out["families"]):
-        print(
-            "| RL accelerated, best iteration | "
-            + " | ".join(
-                f"{fast[n]['psnr'] - rl[n]['psnr']:+.2f} dB, F1 {fast[n]['f1']:.3f}"
-                f" ({fast[n]['iterations']} it., {fast[n]['s_per_volume']:.1f} s)"
-                for n in out["families"]
+    for key, label in (
+        ("rl_accelerated", "RL accelerated"),
+        ("rl_accelerated_unfiltered", "RL accelerated, no anti-aliasing"),
+    ):
+        fast = out.get(key) or {}
+        if all(n in fast for n in out["families"]):
+            print(
+                f"| {label}, best iteration | "
+                + " | ".join(
+                    f"{fast[n]['psnr'] - rl[n]['psnr']:+.2f} dB, F1 {fast[n]['f1']:.3f}"
+                    f" ({fast[n]['iterations']} it., {fast[n]['s_per_volume']:.1f} s)"
+                    for n in out["families"]
+                )
+                + " |"
             )
-            + " |"
-        )
     for m in methods:
         cells = []
         for n in out["families"]:
@@ -419,6 +472,15 @@ def summarise(out: dict) -> None:
 
 
 FAMILIES_INDEX = {n: i for i, n in enumerate(FAMILIES)}
+IN_DISTRIBUTION = "simulator"
+FAMILIES_INDEX[IN_DISTRIBUTION] = len(FAMILIES)
+
+
+def _tensor(b):
+    """A background as the solvers and the network take it: a number, or
+    per-sample (n, 1, 1, 1) as a tensor."""
+    return b if np.isscalar(b) else torch.from_numpy(np.asarray(b))
+
 
 if __name__ == "__main__":
     main()
