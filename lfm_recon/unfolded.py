@@ -54,15 +54,19 @@ from torch import nn
 
 from .errors import LFMError
 from .operator import LightFieldOperator
-from .solvers import as_background, as_lightfield, extrapolate, poisson_deviance, threshold
+from .solvers import (
+    as_background,
+    as_lightfield,
+    holdout_mask,
+    rl_iterations,
+    threshold,
+)
 
 DATA_TERMS = ("gaussian", "poisson")
 SNR_REFERENCE = 3.0  # a noise_aware network's gains are 1 at this snr (mid training range)
 PRIORS = ("none", "cnn", "unet")
 STARTS = ("auto", "zero", "adjoint", "uniform")
 RL_STOPS = ("fixed", "holdout")
-HOLDOUT_FRACTION = 1 / 8  # pixels the held-out stop of the RL start keeps back
-HOLDOUT_PATIENCE = 5  # iterations past a frame's best before it is done
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ class UnfoldedConfig:
             by frame, the RL start stops where its Poisson deviance on held-out
             pixels (1/8, a fixed random pattern, not used by the start) is
             lowest, at most ``rl_start`` iterations (it ends once every frame
-            is :data:`HOLDOUT_PATIENCE` iterations past its best). How far RL
+            is :data:`~lfm_recon.solvers.HOLDOUT_PATIENCE` iterations past its best). How far RL
             should run depends on the frame (photons, sparsity); the held-out
             pixels measure it without knowing the noise level (read noise) or
             the object. The layers then use all pixels. The stop depends on
@@ -402,42 +406,19 @@ class UnfoldedISTA(nn.Module):
         :class:`~lfm_recon.solvers.RichardsonLucy`); with ``rl_stop =
         "holdout"`` at most n, each frame's estimate of lowest held-out
         deviance (see :class:`UnfoldedConfig`)."""
-        op, tiny = self.op, torch.finfo(y.dtype).tiny
-        yc = y.clamp_min(0)
-        held = None
+        op, held, w = self.op, None, weight
         if self.config.rl_stop == "holdout":
             mask = self.holdout_mask(y)
             held = mask if weight is None else mask * weight
             w = 1 - mask if weight is None else (1 - mask) * weight
             sens = self._sensitivity(y, holdout=True) if weight is None else op.backproject(w)
-            best, best_dev = x, torch.full((len(y),), math.inf, dtype=y.dtype, device=y.device)
-            since = torch.zeros(len(y), dtype=torch.long, device=y.device)
-            stopped = torch.zeros(len(y), dtype=torch.long, device=y.device)
         else:
-            w = torch.ones_like(y) if weight is None else weight
             sens = self._sensitivity(y) if weight is None else op.backproject(w)
-        yw = yc * w
-        previous, updates = None, []
-        self.rl_iterations = torch.full((len(y),), n, dtype=torch.long, device=y.device)
-        for k in range(n):
-            point = extrapolate(x, previous, *updates) if len(updates) == 2 else x
-            predicted = op.project(point) + b
-            if held is not None:
-                dev = (held * poisson_deviance(yc, predicted)).flatten(1).sum(dim=1)
-                better = dev < best_dev
-                best = torch.where(better.reshape(-1, 1, 1, 1), point, best)
-                best_dev = torch.where(better, dev, best_dev)
-                since = torch.where(better, 0, since + 1)
-                # point is the estimate after k iterations (extrapolated)
-                self.rl_iterations = stopped = torch.where(better, k, stopped)
-                if bool((since >= HOLDOUT_PATIENCE).all()):
-                    return best
-            ratio = torch.where(predicted > 0, yw / predicted.clamp_min(tiny), 0)
-            new = torch.where(sens > 0, point * op.backproject(ratio) / sens.clamp_min(tiny), 0)
-            if accelerate:
-                previous, updates = x, [new - point, *updates[:1]]
-            x = new
-        return x if held is None else best
+        x, self.rl_iterations = rl_iterations(
+            op.project, op.backproject, x, y, b, n,
+            sensitivity=sens, accelerate=accelerate, weight=w, held=held,
+        )  # fmt: skip
+        return x
 
     def holdout_mask(self, y: torch.Tensor) -> torch.Tensor:
         """(1, 1, Y, X), 1 at the pixels the held-out stop keeps back: a
@@ -446,9 +427,7 @@ class UnfoldedISTA(nn.Module):
         key = ("holdout", tuple(y.shape[-2:]), y.device, y.dtype)
         cache = self.__dict__.setdefault("_sens_cache", {})
         if key not in cache:
-            g = torch.Generator().manual_seed(0)
-            mask = torch.rand((1, 1, *y.shape[-2:]), generator=g) < HOLDOUT_FRACTION
-            cache[key] = mask.to(device=y.device, dtype=y.dtype)
+            cache[key] = holdout_mask(y.shape[-2:], y.device, y.dtype)
         return cache[key]
 
     def _sensitivity(self, y: torch.Tensor, holdout: bool = False) -> torch.Tensor:

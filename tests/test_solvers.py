@@ -448,3 +448,83 @@ def test_accelerated_richardson_lucy_on_cuda_matches_cpu(problem, small_bank):
     expected = S.richardson_lucy(op, y, 12, background=3.0, accelerate=True)
     got = S.richardson_lucy(gpu, y.cuda(), 12, background=3.0, accelerate=True).cpu()
     torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-10 * float(expected.max()))
+
+
+# --- Richardson–Lucy with the held-out stop ----------------------------------------------
+
+
+def _dim_lightfields(small_bank, photons: float, seed: int = 3) -> torch.Tensor:
+    from lfm_recon.data import simulate_dataset
+
+    data = simulate_dataset(
+        small_bank, 3, 0, lenslets=(7, 8), photons=photons, background=5.0, seed=seed
+    )
+    return torch.from_numpy(data.lightfields)
+
+
+def test_holdout_stop_keeps_each_frames_iterate_of_least_held_out_deviance(small_bank):
+    """Brute force: plain RL written out on the pixels not held out, every
+    iterate's held-out Poisson deviance computed here (float64); each frame
+    gets its argmin, and the run ends once every frame is HOLDOUT_PATIENCE
+    iterations past its best."""
+    op, b, n = LightFieldOperator(small_bank), 5.0, 150
+    y = _dim_lightfields(small_bank, 30.0)  # dim: RL starts fitting noise early
+    shape = (3, *op.volume_shape((7, 8)))
+    x0 = torch.full(shape, float((y - b).clamp_min(0).mean()) / 10)
+    x, stopped = S.richardson_lucy_holdout(op, y, n, background=b, x0=x0, accelerate=False)
+
+    held = S.holdout_mask(y.shape[-2:])
+    keep = 1 - held
+    sensitivity = op.backproject(keep.expand_as(y))
+    iterates, deviance = [], []
+    xj = x0.clone()
+    yd = y.double().clamp_min(0)
+    for _ in range(n):
+        mu = (op.project(xj) + b).double()
+        iterates.append(xj)
+        d = torch.where(yd > 0, yd * torch.log(yd / mu), 0.0) - yd + mu
+        deviance.append((held.double() * d).flatten(1).sum(1).numpy())
+        xj = xj * op.backproject(keep * y.clamp_min(0) / (op.project(xj) + b)) / sensitivity
+    deviance = np.array(deviance)  # (n, B)
+    ran = n
+    for j in range(n):
+        best = deviance[: j + 1].argmin(axis=0)
+        if (j - best >= S.HOLDOUT_PATIENCE).all():
+            ran = j + 1
+            break
+    best = deviance[:ran].argmin(axis=0)
+    assert ran < n and (best > 0).all()  # an interior optimum: the stop did something
+    assert stopped.tolist() == best.tolist()
+    expected = torch.stack([iterates[k][i] for i, k in enumerate(best)])
+    torch.testing.assert_close(x, expected, rtol=1e-4, atol=1e-5 * float(expected.max()))
+
+
+def test_holdout_stop_runs_longer_on_brighter_frames(small_bank):
+    """The same volumes at 100× the photons: RL may go further before it fits
+    noise, and does; the anti-aliasing filter is accepted on the way."""
+    op = LightFieldOperator(small_bank)
+    counts = []
+    for photons in (10.0, 1000.0):
+        y = _dim_lightfields(small_bank, photons, seed=4)
+        x, stopped = S.richardson_lucy_holdout(op, y, 300, background=5.0, filter="antialias")
+        assert x.shape == (3, *op.volume_shape((7, 8))) and x.min() >= 0
+        assert torch.isfinite(x).all() and (stopped < 300).all()
+        counts.append(stopped.double().mean().item())
+    assert counts[1] > 2 * counts[0], counts
+
+
+def test_holdout_mask_is_fixed_and_one_pixel_in_eight():
+    mask = S.holdout_mask((150, 165))
+    assert mask.shape == (1, 1, 150, 165) and set(mask.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(mask, S.holdout_mask((150, 165), dtype=torch.float64).float())
+    n, f = mask.numel(), S.HOLDOUT_FRACTION
+    assert abs(float(mask.sum()) - n * f) < 5 * np.sqrt(n * f * (1 - f))
+
+
+def test_holdout_stop_bad_input(problem):
+    op, _, y = problem
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(LFMError, match="max_iter"):
+            S.richardson_lucy_holdout(op, y, bad)
+    with pytest.raises(LFMError, match=r"NaN|finite"):
+        S.richardson_lucy_holdout(op, y * float("nan"), 10)

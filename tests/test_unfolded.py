@@ -161,7 +161,7 @@ def test_holdout_stop_keeps_the_rl_iterate_of_least_held_out_likelihood(small_ba
     on the pixels not held out, at which the held-out pixels' Poisson
     likelihood is highest (brute force over every iteration), the run
     ending once every frame is HOLDOUT_PATIENCE past its best."""
-    from lfm_recon.unfolded import HOLDOUT_PATIENCE
+    from lfm_recon.solvers import HOLDOUT_PATIENCE
 
     n, b = 150, 5.0
     data = simulate_dataset(small_bank, 3, 0, lenslets=(7, 8), photons=30.0, background=b, seed=3)
@@ -211,7 +211,7 @@ def test_holdout_stop_runs_rl_longer_on_brighter_frames(small_bank, op):
 
 
 def test_holdout_mask_is_fixed_and_one_pixel_in_eight(op):
-    from lfm_recon.unfolded import HOLDOUT_FRACTION
+    from lfm_recon.solvers import HOLDOUT_FRACTION
 
     net = UnfoldedISTA(op, 1, data_term="poisson", rl_start=3, rl_stop="holdout")
     y = torch.zeros(2, 1, 150, 165)
