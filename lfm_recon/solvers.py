@@ -424,9 +424,10 @@ def richardson_lucy_holdout(
     lowest, i.e. the one that best predicts light it was not fitted to. Past
     that point RL fits noise. How many iterations that takes depends on the
     frame (photons, sparsity: 10 to several hundred on the benchmark's
-    families); the rule needs neither the noise level nor the object. The
-    run ends once every frame is :data:`HOLDOUT_PATIENCE` iterations past
-    its best (or at ``max_iter``).
+    families); the rule needs neither the noise level nor the object. A
+    frame is done once :data:`HOLDOUT_PATIENCE` iterations pass without a
+    better one, so its result does not depend on the other frames of the
+    batch; the run ends when every frame is done (or at ``max_iter``).
 
     Args:
         max_iter: the most iterations any frame runs.
@@ -842,8 +843,10 @@ def rl_iterations(
         weight: (broadcastable to y) how much each pixel counts (None: all).
         held: (broadcastable to y) held-out pixels, disjoint from those
             weighted; with it each frame's result is its iterate of lowest
-            held-out Poisson deviance, and the loop ends once every frame is
-            :data:`HOLDOUT_PATIENCE` iterations past its best.
+            held-out Poisson deviance up to the first iteration that is
+            :data:`HOLDOUT_PATIENCE` past that frame's best (the frame is
+            then done, whatever the rest of the batch does), and the loop
+            ends once every frame is done.
         accelerate: Biggs–Andrews extrapolation (:func:`extrapolate`).
         post: applied to every update (e.g. the anti-aliasing filter).
 
@@ -863,7 +866,9 @@ def rl_iterations(
         if held is not None:
             # point is the estimate after k iterations (extrapolated)
             dev = (held * poisson_deviance(y.clamp_min(0), predicted)).flatten(1).sum(dim=1)
-            better = dev < best_dev
+            # A frame is done once HOLDOUT_PATIENCE iterations pass without a
+            # better one: what it gets does not depend on the rest of the batch.
+            better = (dev < best_dev) & (since < HOLDOUT_PATIENCE)
             best = torch.where(better.reshape(-1, 1, 1, 1), point, best)
             best_dev = torch.where(better, dev, best_dev)
             since = torch.where(better, 0, since + 1)

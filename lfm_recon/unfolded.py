@@ -94,12 +94,14 @@ class UnfoldedConfig:
         rl_stop: ``"fixed"`` (``rl_start`` iterations) or ``"holdout"``: frame
             by frame, the RL start stops where its Poisson deviance on held-out
             pixels (1/8, a fixed random pattern, not used by the start) is
-            lowest, at most ``rl_start`` iterations (it ends once every frame
-            is :data:`~lfm_recon.solvers.HOLDOUT_PATIENCE` iterations past its best). How far RL
+            lowest, at most ``rl_start`` iterations (a frame is done once
+            :data:`~lfm_recon.solvers.HOLDOUT_PATIENCE` iterations pass without
+            a better one; the rest of the batch does not change it; see
+            :func:`lfm_recon.solvers.richardson_lucy_holdout`). How far RL
             should run depends on the frame (photons, sparsity); the held-out
             pixels measure it without knowing the noise level (read noise) or
             the object. The layers then use all pixels. The stop depends on
-            the whole input, so a patch is no longer reconstructed exactly as
+            the whole frame, so a patch is no longer reconstructed exactly as
             its frame's interior.
         noise_aware: the layers see the frame's signal-to-noise ratio
             (:meth:`UnfoldedISTA.snr`, photons): layer k scales its step,
