@@ -691,9 +691,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--budget",
         type=float,
-        default=120.0,
-        help="seconds of CPU training for the demo network (default 120); a network trained"
-        " with this budget and recipe before is reused from the cache",
+        default=0.0,
+        help="seconds of CPU training for the demo network, from scratch (default 0: the"
+        " shipped pretrained network); a network trained with this budget and recipe before"
+        " is reused from the cache",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)

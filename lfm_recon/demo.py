@@ -2,11 +2,16 @@
 
 1. The sample (``lfm_recon.data.sample``): the reference PSF bank and 16
    paired + 16 unlabeled simulated light fields (cached).
-2. A small unfolded network (15 accelerated RL iterations, then 8 learned
-   layers) trained for a short CPU budget (cached per recipe and budget with
-   the sample): supervised on 8 of the paired samples and on simulation
-   drawn fresh every step (``[data.simulate]``), and on the unlabeled light
-   fields through the re-synthesis loss (Poisson deviance, held-out pixels).
+2. The unfolded network of the package's recipe (accelerated RL stopped
+   frame by frame at its least held-out deviance, then 8 learned layers):
+   by default the pretrained one shipped with the package
+   (``pretrained/demo_network.pt``: 600 steps, 37 min of CPU, on randomised
+   simulation only, never on the sample), bound to the sample's bank; with
+   ``budget`` > 0 one trained from scratch for that many CPU seconds
+   (cached per recipe and budget with the sample): supervised on 8 of the
+   paired samples and on simulation drawn fresh every step
+   (``[data.simulate]``), and on the unlabeled light fields through the
+   re-synthesis loss (Poisson deviance, held-out pixels).
 3. 4 further paired light fields (neither trained on nor used to pick the
    best checkpoint) written as a TIFF time series and
    reconstructed through the batch pipeline (``reconstruct_files``) with
@@ -32,10 +37,11 @@ from .data import SAMPLE_VERSION, cache_dir, sample
 from .errors import LFMError
 from .evaluate import score
 from .figures import plot_mips, plot_psf_bank
-from .modelfile import load_model
+from .modelfile import load_model, save_model
 from .operator import LightFieldOperator
 from .reconstruct import read_volumes, reconstruct_files
 from .training import TrainConfig, train
+from .unfolded import UnfoldedConfig, UnfoldedISTA
 
 SECONDS_PER_STEP = 2.0  # of this recipe on a 2-core CPU: the cosine schedule ends with the budget
 N_TRAIN, N_VALIDATION = 8, 4  # of the sample's 16 paired samples
@@ -55,8 +61,9 @@ def _recipe(folder: Path, budget: float) -> dict:
             "prior_channels": 32,
             "data_term": "poisson",
             "per_depth_step": True,
-            "rl_start": 15,
+            "rl_start": 100,
             "rl_accelerate": True,
+            "rl_stop": "holdout",
         },
         "data": {
             "train": str(folder / "data.h5"),
@@ -81,10 +88,75 @@ def _recipe(folder: Path, budget: float) -> dict:
     }
 
 
-def demo_model(budget: float = 120.0, progress: bool = True) -> Path:
-    """The demo's trained model file, trained once (``budget`` seconds on
-    the CPU) and cached next to the sample."""
+PRETRAINED = Path(__file__).parent / "pretrained" / "demo_network.pt"
+PRETRAINED_FORMAT = "lfm_recon.pretrained"
+
+
+def write_pretrained(model_path: str | Path, path: str | Path = PRETRAINED, note: str = "") -> Path:
+    """Write the weights of a trained model file (without its PSF bank: the
+    demo rebuilds the bank) as the demo's pretrained network; ``note`` says
+    how it was trained. The shipped one: ``benchmarks/bench_generalisation.py``
+    seed 0 of the recipe (see :data:`PRETRAINED_NOTE` in the file)."""
+    net = load_model(model_path)
+    bank = net.op.bank
+    payload = {
+        "format": PRETRAINED_FORMAT,
+        "architecture": net.config.to_dict(),
+        "state_dict": {
+            k: v.detach().cpu() for k, v in net.state_dict().items() if not k.startswith("op.")
+        },
+        "bank": {
+            "microscope": bank.microscope.to_dict(),
+            "depths": [float(z) for z in bank.depths],
+            "voxels_per_lenslet": int(bank.voxels_per_lenslet),
+        },
+        "note": note,
+    }
+    torch.save(payload, path)
+    return Path(path)
+
+
+def pretrained_model(bank, path: str | Path = PRETRAINED) -> UnfoldedISTA:
+    """The shipped network on ``bank``, which must be the optics, depths and
+    voxels per lenslet it was trained for (else LFMError): the weights do
+    not depend on the last bits of the kernels, which the PSF computation
+    may round differently on another machine."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a missing or damaged package file
+        raise LFMError(f"cannot read the demo's pretrained network {path}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != PRETRAINED_FORMAT:
+        raise LFMError(f"{path} is not a pretrained lfm_recon network")
+    fits = payload["bank"]
+    if (
+        fits["microscope"] != bank.microscope.to_dict()
+        or fits["voxels_per_lenslet"] != bank.voxels_per_lenslet
+        or not np.allclose(fits["depths"], bank.depths)
+    ):
+        raise LFMError(
+            "the demo's pretrained network was trained for another PSF bank than this"
+            " sample's; train one instead: lfm-recon demo --budget 120"
+        )
+    net = UnfoldedISTA(LightFieldOperator(bank), config=UnfoldedConfig(**payload["architecture"]))
+    missing, unexpected = net.load_state_dict(payload["state_dict"], strict=False)
+    if [k for k in missing if not k.startswith("op.")] or unexpected:  # H comes from bank
+        raise LFMError(f"{path} does not fit its architecture: reinstall lfm_recon")
+    return net.eval()
+
+
+def demo_model(budget: float = 0.0, progress: bool = True) -> Path:
+    """The demo's trained model file, cached next to the sample: with
+    ``budget`` 0 the shipped pretrained network (:data:`PRETRAINED`) bound to
+    the sample's bank; else one trained once for ``budget`` seconds on the
+    CPU (the recipe of :func:`_recipe`, from scratch)."""
     bank, data = sample(progress=progress)
+    if budget == 0:
+        digest = hashlib.sha256(PRETRAINED.read_bytes()).hexdigest()[:12]
+        path = cache_dir() / f"sample-v{SAMPLE_VERSION}-pretrained-{digest}-{bank.sha256[:12]}.pt"
+        if not path.is_file():
+            note = torch.load(PRETRAINED, weights_only=True).get("note", "")
+            save_model(pretrained_model(bank), path, training={"pretrained": note})
+        return path
     # The cache is named by the recipe and the budget (not by a version to
     # remember to bump): another recipe or budget never reuses a stale model.
     # The package version too: the code that trains and runs it may change.
@@ -108,7 +180,7 @@ def demo_model(budget: float = 120.0, progress: bool = True) -> Path:
     return path
 
 
-def run_demo(output: str | Path = "lfm_demo", budget: float = 120.0, progress: bool = True):
+def run_demo(output: str | Path = "lfm_demo", budget: float = 0.0, progress: bool = True):
     """Run the demo, writing into ``output``; returns the metrics rows."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,10 +225,10 @@ def run_demo(output: str | Path = "lfm_demo", budget: float = 120.0, progress: b
         volumes[name] = x
         s = score(torch.from_numpy(x), data, held, op, background).summary()
         rows.append({"method": name, **s, "s_per_volume": report.seconds / report.computed})
-    m = _recipe(Path("."), budget)["model"]
+    m = _recipe(Path("."), budget)["model"]  # the pretrained network's too
     label = {
         "rl": f"RL, {RL_ITERATIONS} it., anti-aliased",
-        "net": f"unfolded network ({m['rl_start']} acc. RL it. + {m['n_layers']} layers)",
+        "net": f"unfolded network (held-out RL + {m['n_layers']} layers)",
     }
     print(
         f"\n{len(held)} unseen volumes, 21×21 lenslets, 11 depths (PSNR after least-squares"
