@@ -149,6 +149,10 @@ def demo_model(budget: float = 0.0, progress: bool = True) -> Path:
     ``budget`` 0 the shipped pretrained network (:data:`PRETRAINED`) bound to
     the sample's bank; else one trained once for ``budget`` seconds on the
     CPU (the recipe of :func:`_recipe`, from scratch)."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0:
+        raise LFMError(
+            f"--budget is seconds of training, ≥ 0 (0: the pretrained network), got {budget!r}"
+        )
     bank, data = sample(progress=progress)
     if budget == 0:
         digest = hashlib.sha256(PRETRAINED.read_bytes()).hexdigest()[:12]

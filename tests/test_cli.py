@@ -185,8 +185,11 @@ def test_demo_default_is_the_pretrained_network_and_it_beats_rl(tmp_path, monkey
 
 
 def test_pretrained_network_refuses_another_bank_and_a_damaged_file(tmp_path, small_bank):
-    from lfm_recon.demo import pretrained_model
+    from lfm_recon.demo import demo_model, pretrained_model
 
+    for budget in (-5.0, float("nan")):
+        with pytest.raises(LFMError, match="--budget"):
+            demo_model(budget)
     with pytest.raises(LFMError, match="another PSF bank"):
         pretrained_model(small_bank)
     bad = tmp_path / "damaged.pt"
