@@ -278,6 +278,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
         rate = report.volumes_per_second
         its = report.parameters.get("iterations")
         label = method if its is None else f"{method}, {its} iterations"
+        if its == "auto":
+            label = f"{method}, iterations chosen per frame (held-out stop)"
         rectified = f" (raw frames rectified with {args.calibration})" if args.calibration else ""
         print(
             f"{label}: {report.computed} of {report.frames} frames reconstructed{rectified} in"
@@ -342,7 +344,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     )
     for r in rows:
         print(
-            f"{r['method']:8s} {r['iterations']:5d} {r['psnr']:8.2f} {r['ssim']:6.3f}"
+            f"{r['method']:8s} {r['iterations']!s:>5s} {r['psnr']:8.2f} {r['ssim']:6.3f}"
             f" {r['pearson']:8.3f} {r['f1']:6.3f} {r['residual']:9.4f} {r['s']:9.3f}"
         )
     if args.json:
@@ -721,7 +723,13 @@ def _add_solver_options(
         )
     else:
         p.add_argument("--method", choices=METHODS, default="rl", help="solver (default rl)")
-    p.add_argument("--iterations", type=int, default=None, help=f"iterations (default: {defaults})")
+    p.add_argument(
+        "--iterations",
+        type=_iterations,
+        default=None,
+        help=f"iterations (default: {defaults}); rl: 'auto' stops each frame at its least"
+        " held-out deviance (best with --accelerate)",
+    )
     p.add_argument(
         "--lam",
         type=float,
@@ -745,6 +753,15 @@ def _add_solver_options(
         " (default --iterations 30 with it; its best is smaller than plain RL's: e.g. 30"
         " where plain RL needs 200)",
     )
+
+
+def _iterations(text: str) -> int | str:
+    """--iterations: a number, or the text as given (``auto``: rl's held-out
+    stop); the reconstruction checks it and says what is wrong in one line."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def _background(text: str) -> float | str:

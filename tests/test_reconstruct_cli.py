@@ -64,6 +64,37 @@ def test_reconstruct_accelerated_rl_is_the_solvers_and_recorded(files, small_ban
     assert info["provenance"]["accelerate"] is True
 
 
+def test_reconstruct_rl_iterations_auto_is_the_held_out_stop(files, small_bank, capsys):
+    """--iterations auto: the solvers' held-out-stop RL (accelerated and
+    anti-aliased here), recorded in the provenance; refused for other
+    methods; nonsense iteration counts are one readable line."""
+    from lfm_recon.reconstruct import read_volumes
+    from lfm_recon.solvers import AUTO_MAX_ITERATIONS, richardson_lucy_holdout
+
+    root, data = files
+    out = root / "auto.h5"
+    argv = ["reconstruct", str(root / "lf.tif"), "--psf", str(root / "bank.h5"), "-o", str(out)]
+    assert main([*argv, "--iterations", "auto", "--background", "5", "--accelerate"]) == 0
+    assert "rl, iterations chosen per frame (held-out stop)" in capsys.readouterr().out
+    volumes, info = read_volumes(out)
+    op = LightFieldOperator(small_bank)
+    y = torch.from_numpy(data.lightfields[:1].astype(np.uint16).astype(np.float32))
+    expected, stops = richardson_lucy_holdout(
+        op, y, AUTO_MAX_ITERATIONS[True], background=5.0, filter="antialias"
+    )
+    assert 0 < int(stops[0]) < AUTO_MAX_ITERATIONS[True]
+    np.testing.assert_allclose(
+        volumes[0], expected[0].numpy(), rtol=1e-5, atol=1e-6 * float(expected.max())
+    )
+    assert info["provenance"]["iterations"] == "auto"
+    assert main([*argv, "--overwrite", "--iterations", "auto", "--method", "fista"]) == 2
+    assert "'auto' (the held-out stop) is for rl only" in capsys.readouterr().err
+    for bad in ("0", "many"):
+        assert main([*argv, "--overwrite", "--iterations", bad]) == 2
+        err = capsys.readouterr().err
+        assert "positive integer or 'auto' (rl)" in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("method", ["isra", "fista", "admm"])
 def test_reconstruct_other_methods(files, method, capsys):
     root, _ = files

@@ -162,8 +162,14 @@ class Reconstructor:
 def _iterations(n_iter, method: str, accelerate: bool) -> int:
     if n_iter is None:
         return default_iterations(method, accelerate)
+    if n_iter == AUTO:
+        if method != "rl":
+            raise LFMError(f"iterations 'auto' (the held-out stop) is for rl only, not {method}")
+        return n_iter
     if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
-        raise LFMError(f"iterations (n_iter) must be a positive integer, got {n_iter!r}")
+        raise LFMError(
+            f"iterations (n_iter) must be a positive integer or 'auto' (rl), got {n_iter!r}"
+        )
     return n_iter
 
 
