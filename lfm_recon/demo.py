@@ -96,7 +96,7 @@ def write_pretrained(model_path: str | Path, path: str | Path = PRETRAINED, note
     """Write the weights of a trained model file (without its PSF bank: the
     demo rebuilds the bank) as the demo's pretrained network; ``note`` says
     how it was trained. The shipped one: ``benchmarks/bench_generalisation.py``
-    seed 0 of the recipe (see :data:`PRETRAINED_NOTE` in the file)."""
+    seed 0 of the recipe (its ``note`` says so)."""
     net = load_model(model_path)
     bank = net.op.bank
     payload = {
@@ -120,7 +120,8 @@ def pretrained_model(bank, path: str | Path = PRETRAINED) -> UnfoldedISTA:
     """The shipped network on ``bank``, which must be the optics, depths and
     voxels per lenslet it was trained for (else LFMError): the weights do
     not depend on the last bits of the kernels, which the PSF computation
-    may round differently on another machine."""
+    may round differently on another machine. The note on how it was
+    trained is in ``net.training_info["pretrained"]``."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a missing or damaged package file
@@ -131,6 +132,7 @@ def pretrained_model(bank, path: str | Path = PRETRAINED) -> UnfoldedISTA:
     if (
         fits["microscope"] != bank.microscope.to_dict()
         or fits["voxels_per_lenslet"] != bank.voxels_per_lenslet
+        or len(fits["depths"]) != len(bank.depths)
         or not np.allclose(fits["depths"], bank.depths)
     ):
         raise LFMError(
@@ -141,6 +143,7 @@ def pretrained_model(bank, path: str | Path = PRETRAINED) -> UnfoldedISTA:
     missing, unexpected = net.load_state_dict(payload["state_dict"], strict=False)
     if [k for k in missing if not k.startswith("op.")] or unexpected:  # H comes from bank
         raise LFMError(f"{path} does not fit its architecture: reinstall lfm_recon")
+    net.training_info = {"pretrained": payload.get("note", "")}
     return net.eval()
 
 
@@ -158,8 +161,8 @@ def demo_model(budget: float = 0.0, progress: bool = True) -> Path:
         digest = hashlib.sha256(PRETRAINED.read_bytes()).hexdigest()[:12]
         path = cache_dir() / f"sample-v{SAMPLE_VERSION}-pretrained-{digest}-{bank.sha256[:12]}.pt"
         if not path.is_file():
-            note = torch.load(PRETRAINED, weights_only=True).get("note", "")
-            save_model(pretrained_model(bank), path, training={"pretrained": note})
+            net = pretrained_model(bank)
+            save_model(net, path, training=net.training_info)
         return path
     # The cache is named by the recipe and the budget (not by a version to
     # remember to bump): another recipe or budget never reuses a stale model.

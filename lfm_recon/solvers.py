@@ -442,19 +442,23 @@ def richardson_lucy_holdout(
     """
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise LFMError(f"max_iter must be a positive integer, got {max_iter!r}")
-    solver = RichardsonLucy(op, y, background, x0, filter, accelerate)  # checks, start
-    held = holdout_mask(solver.y.shape[-2:], solver.y.device, solver.y.dtype)
-    keep = (1 - held).expand_as(solver.y)
-    post = None if solver.filter is None else (lambda x: solver.filter(x, inplace=True))
+    if not isinstance(accelerate, bool):
+        raise LFMError(f"accelerate must be True or False, got {accelerate!r}")
+    checked = Solver(op, y, background)  # the input checks; no H or Hᵀ yet
+    y, b = checked.y, checked.b
+    flt = as_filter(op, filter)
+    post = None if flt is None else (lambda x: flt(x, inplace=True))
+    held = holdout_mask(y.shape[-2:], y.device, y.dtype)
+    keep = (1 - held).expand_as(y)
     with torch.no_grad():
         return rl_iterations(
-            solver._h,
-            solver._ht,
-            solver.x,
-            solver.y,
-            solver.b,
+            op._h,
+            op._ht,
+            _start(checked, x0),
+            y,
+            b,
             max_iter,
-            sensitivity=solver._ht(keep[:1]),
+            sensitivity=op._ht(keep[:1]),
             accelerate=accelerate,
             weight=keep,
             held=held,
@@ -870,7 +874,8 @@ def rl_iterations(
         The estimate, and (B,) long: the iterations each frame ran to
         (its best with ``held``; n otherwise).
     """
-    yw = y.clamp_min(0) if weight is None else y.clamp_min(0) * weight
+    yc = y.clamp_min(0)
+    yw = yc if weight is None else yc * weight
     iterations = torch.full((len(y),), n if held is None else 0, device=y.device)
     if held is not None:
         best, since = x, torch.zeros(len(y), dtype=torch.long, device=y.device)
@@ -881,7 +886,7 @@ def rl_iterations(
         predicted = project(point) + b
         if held is not None:
             # point is the estimate after k iterations (extrapolated)
-            dev = (held * poisson_deviance(y.clamp_min(0), predicted)).flatten(1).sum(dim=1)
+            dev = (held * poisson_deviance(yc, predicted)).flatten(1).sum(dim=1)
             # A frame is done once HOLDOUT_PATIENCE iterations pass without a
             # better one: what it gets does not depend on the rest of the batch.
             better = (dev < best_dev) & (since < HOLDOUT_PATIENCE)

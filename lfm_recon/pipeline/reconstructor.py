@@ -159,7 +159,7 @@ class Reconstructor:
         return out
 
 
-def _iterations(n_iter, method: str, accelerate: bool) -> int:
+def _iterations(n_iter, method: str, accelerate: bool) -> int | str:
     if n_iter is None:
         return default_iterations(method, accelerate)
     if n_iter == AUTO:
