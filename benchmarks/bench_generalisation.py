@@ -136,6 +136,7 @@ MODEL = {
     "rl_start": 100,
     "rl_accelerate": True,
     "rl_stop": "holdout",
+    "holdout_guard": 1.15,
 }
 SIMULATE = {"batch_size": 4, "validation": 8}
 

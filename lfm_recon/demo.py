@@ -64,6 +64,7 @@ def _recipe(folder: Path, budget: float) -> dict:
             "rl_start": 100,
             "rl_accelerate": True,
             "rl_stop": "holdout",
+            "holdout_guard": 1.15,
         },
         "data": {
             "train": str(folder / "data.h5"),

@@ -372,3 +372,22 @@ def test_ome_zarr_without_zarr_says_how_to_install(recording, tmp_path, monkeypa
     err = capsys.readouterr().err
     assert "pip install 'lfm_recon[zarr]'" in err and err.count("\n") == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_a_marker_written_before_the_iteration_and_blend_columns_still_reads():
+    """Run folders left by an earlier version resume: their markers lack the
+    per-frame iterations and guard blend, which then do not apply (None)."""
+    from lfm_recon.pipeline.store import QC_FIELDS, Marker
+
+    old = {
+        "frames": [4, 6],
+        "qc": {"residual": [0.1, 0.2], "max": [3.0, 4.0], "mean": [1.0, 1.5], "empty": [0, 0]},
+        "records": [{}, {}],
+    }
+    marker = Marker.from_json(old)
+    assert set(marker.qc) == set(QC_FIELDS)
+    assert marker.qc["iterations"] == marker.qc["blend"] == [None, None]
+    assert marker.qc["residual"] == [0.1, 0.2]
+    del old["qc"]["max"]  # a field that was always there is still required
+    with pytest.raises(KeyError):
+        Marker.from_json(old)

@@ -139,6 +139,55 @@ def test_qc_flags_a_frame_the_model_cannot_explain(recording, tmp_path):
     assert not volumes[9].any() and list(np.flatnonzero(info["qc"]["flagged"])) == [4, 9]
 
 
+def test_qc_table_records_each_frames_iterations_and_guard_blend(recording, tmp_path):
+    """A network with the held-out guard: the QC table (HDF5 and the CSV
+    beside a TIFF) holds each frame's RL-start iterations and guard blend,
+    as the network reports them when called on the frames directly; a dark
+    frame has neither (NaN, an empty CSV cell); fixed-count RL records its
+    count and no blend."""
+    import csv
+
+    from lfm_recon import UnfoldedISTA
+    from lfm_recon.modelfile import save_model
+
+    root, frames, base = recording
+    net = UnfoldedISTA(
+        base.op, 2, data_term="poisson", prior="cnn", rl_start=40, rl_accelerate=True,
+        rl_stop="holdout", holdout_guard=1.5,
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # layers that move the start, so the guard has work to do
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    save_model(net.eval(), tmp_path / "guarded.pt")
+    odd = frames.copy()
+    odd[3] = 0  # a dark frame
+    tifffile.imwrite(tmp_path / "odd.tif", odd.astype(np.uint16))
+    kw = dict(model=tmp_path / "guarded.pt", method="net", background=5.0, progress=False)
+    reconstruct_files([tmp_path / "odd.tif"], tmp_path / "net.h5", batch=5, **kw)
+    reconstruct_files([tmp_path / "odd.tif"], tmp_path / "net.tif", batch=5, **kw)
+    lit = np.flatnonzero(np.arange(T) != 3)
+    with torch.no_grad():
+        net(torch.from_numpy(odd[lit].astype(np.float32))[:, None], 5.0)
+    _, info = read_volumes(tmp_path / "net.h5")
+    iterations, blend = info["qc"]["iterations"], info["qc"]["blend"]
+    assert np.isnan(iterations[3]) and np.isnan(blend[3])
+    np.testing.assert_array_equal(iterations[lit], net.rl_iterations.numpy())
+    np.testing.assert_allclose(blend[lit], net.guard_blend.numpy())
+    assert 0 < blend[lit].min() < 1 == blend[lit].max()  # it acted on some frames, not all
+    with open(tmp_path / "net.qc.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[3]["iterations"] == rows[3]["blend"] == ""
+    np.testing.assert_allclose([float(rows[i]["blend"]) for i in lit], blend[lit], rtol=1e-5)
+    reconstruct_files(
+        [tmp_path / "odd.tif"], tmp_path / "rl.h5", psf=root / "bank.h5", method="rl", n_iter=4,
+        background=5.0, progress=False,
+    )  # fmt: skip
+    _, info = read_volumes(tmp_path / "rl.h5")
+    assert info["qc"]["iterations"][lit].tolist() == [4.0] * len(lit)
+    assert np.isnan(info["qc"]["blend"]).all()
+
+
 # --- crash safety and resume ----------------------------------------------------------------
 def _cli(*args):
     return [sys.executable, "-m", "lfm_recon.cli", *map(str, args)]

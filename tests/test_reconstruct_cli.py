@@ -87,6 +87,7 @@ def test_reconstruct_rl_iterations_auto_is_the_held_out_stop(files, small_bank, 
         volumes[0], expected[0].numpy(), rtol=1e-5, atol=1e-6 * float(expected.max())
     )
     assert info["provenance"]["iterations"] == "auto"
+    assert info["qc"]["iterations"].tolist() == [float(stops[0])]  # the frame's own stop
     assert main([*argv, "--overwrite", "--iterations", "auto", "--method", "fista"]) == 2
     assert "'auto' (the held-out stop) is for rl only" in capsys.readouterr().err
     for bad in ("0", "many"):

@@ -225,6 +225,88 @@ def test_holdout_mask_is_fixed_and_one_pixel_in_eight(op):
     assert set(mask.unique().tolist()) == {0.0, 1.0}
 
 
+def _held_deviance(op, x, y, b, mask) -> np.ndarray:
+    """(B,) Poisson deviance (half) of y on the masked pixels under μ = H x + b,
+    Σ y log(y/μ) − y + μ, written out in float64."""
+    mu = (op.project(x).double() + b).clamp_min(1e-300)
+    yd = y.double().clamp_min(0)
+    term = torch.where(yd > 0, yd * torch.log(yd.clamp_min(1e-300) / mu), 0.0) - yd + mu
+    return (term * mask.double()).flatten(1).sum(1).numpy()
+
+
+def _guarded(op, tolerance: float, like: UnfoldedISTA | None = None) -> UnfoldedISTA:
+    """A network whose (randomised) layers move its RL start a long way, or
+    ``like``'s network with another tolerance (0: no guard)."""
+    if like is not None:
+        net = UnfoldedISTA(op, config=dataclasses.replace(like.config, holdout_guard=tolerance))
+        net.load_state_dict(like.state_dict())
+        return net.eval()
+    net = UnfoldedISTA(
+        op, 2, data_term="poisson", prior="cnn", rl_start=40, rl_accelerate=True,
+        rl_stop="holdout", holdout_guard=tolerance,
+    )  # fmt: skip
+    _randomise(net, 1)
+    return net.eval()
+
+
+def test_guard_blends_each_frame_toward_rl_only_as_far_as_held_out_light_requires(small_bank, op):
+    """holdout_guard = T: each frame's output is α·x_net + (1 − α)·x_start with
+    the largest α on the 1/16 grid whose held-out deviance is ≤ T × the
+    start's. References: the start from the solver's held-out-stop RL, the
+    layers' volume from the same network with the guard never binding, and
+    every blend's deviance computed from its own projection in float64."""
+    from lfm_recon.solvers import richardson_lucy_holdout
+
+    b = 5.0
+    data = simulate_dataset(small_bank, 4, 0, lenslets=(7, 8), photons=300.0, background=b, seed=5)
+    y = torch.from_numpy(data.lightfields)
+    free = _guarded(op, 1e30)
+    with torch.no_grad():
+        x_net = free(y, b)
+        assert free.guard_blend.tolist() == [1.0] * len(y)
+        x_start, stops = richardson_lucy_holdout(op, y, 40, background=b, accelerate=True)
+    assert free.rl_iterations.tolist() == stops.tolist()
+    mask = free.holdout_mask(y)
+    alphas = np.linspace(0, 1, 17)
+    dev = np.stack(
+        [_held_deviance(op, a * x_net + (1 - a) * x_start, y, b, mask) for a in alphas], axis=1
+    )
+    ratio = dev / dev[:, :1]  # (B, 17)
+    assert (ratio[:, -1] > 1.5).all()  # the layers alone explain held-out light far worse
+    # A tolerance that puts frame 0 at α = 1/2 (between two grid points' ratios).
+    tolerance = float(ratio[0, 8] + ratio[0, 9]) / 2
+    expected = np.array([alphas[np.flatnonzero(r <= tolerance).max()] for r in ratio])
+    net = _guarded(op, tolerance, like=free)
+    with torch.no_grad():
+        x = net(y, b)
+    np.testing.assert_allclose(net.guard_blend.numpy(), expected)
+    assert expected[0] == 0.5 and len(set(expected.tolist())) > 1
+    a = torch.from_numpy(expected).float().reshape(-1, 1, 1, 1)
+    # The network's own start (one identity layer, no prior) is the solver's up
+    # to float32 rounding, which accelerated RL amplifies at a few voxels.
+    start = UnfoldedISTA(
+        op, 1, data_term="poisson", rl_start=40, rl_accelerate=True, rl_stop="holdout"
+    )
+    _identity_layer(start)
+    with torch.no_grad():
+        own_start = start(y, b)
+    assert float((own_start - x_start).norm() / x_start.norm()) < 2e-3
+    blend = a * x_net + (1 - a) * own_start
+    torch.testing.assert_close(x, blend, rtol=1e-4, atol=1e-4 * float(x.max()))
+    # The contract: held-out light explained at most T × as badly as by RL.
+    assert (_held_deviance(op, x, y, b, mask) <= tolerance * dev[:, 0] * (1 + 1e-4)).all()
+
+
+def test_guard_acts_at_inference_only(small_bank, op, lightfields):
+    """In training mode the guarded network is the plain one (the same
+    weights, no guard): the guard never shapes what the layers learn."""
+    guarded = _guarded(op, 1.15)
+    plain = _guarded(op, 0.0, like=guarded)
+    guarded.train(), plain.train()
+    torch.testing.assert_close(guarded(lightfields, 5.0), plain(lightfields, 5.0))
+    assert guarded.guard_blend.tolist() == [1.0] * len(lightfields)
+
+
 def test_gradients_reach_steps_and_thresholds_only():
     """gradcheck in float64 through the unfolded layers (both data terms);
     H's weights are buffers and get no gradient."""
@@ -270,6 +352,12 @@ def test_bad_inputs(op, lightfields):
         UnfoldedConfig(data_term="poisson", rl_start=5, rl_stop="never")
     with pytest.raises(LFMError, match="give rl_start > 0"):
         UnfoldedConfig(data_term="poisson", rl_stop="holdout")
+    holdout = dict(data_term="poisson", rl_start=5, rl_stop="holdout")
+    for bad in (0.5, -1.0, float("inf"), float("nan"), True, "1.15"):
+        with pytest.raises(LFMError, match="holdout_guard"):
+            UnfoldedConfig(**holdout, holdout_guard=bad)
+    with pytest.raises(LFMError, match="set rl_stop = 'holdout'"):
+        UnfoldedConfig(data_term="poisson", rl_start=5, holdout_guard=1.15)
 
 
 def test_set_lambda_scale_matches_the_solvers_scale(op, lightfields):

@@ -1,5 +1,6 @@
 """Per-frame quality control: the relative reprojection residual
-‖H x + b − y‖/‖y‖, the volume's max and mean, and flags.
+‖H x + b − y‖/‖y‖, the volume's max and mean, the iterations the frame
+took and the network's held-out guard blend (where they apply), and flags.
 
 A frame is flagged when its residual exceeds the median by more than 5
 robust standard deviations (1.4826 · MAD, at least 1 % of the median), or is
@@ -20,7 +21,9 @@ FLAG_SIGMAS = 5.0
 
 def frame_qc(fn: Reconstructor, x: torch.Tensor, y: torch.Tensor) -> dict:
     """QC of volumes x (B, D, Yv, Xv) reconstructed from light fields y
-    (B, 1, Y, X): lists of B values each for residual, max, mean, empty."""
+    (B, 1, Y, X) by the last call of ``fn``: lists of B values each for
+    residual, max, mean, empty, iterations and blend (None where they do not
+    apply; see :class:`Reconstructor`)."""
     op = fn.op
     y = y.to(device=op.device, dtype=op.dtype)
     with torch.no_grad():
@@ -34,6 +37,7 @@ def frame_qc(fn: Reconstructor, x: torch.Tensor, y: torch.Tensor) -> dict:
         "max": x.flatten(1).amax(dim=1).double().cpu().numpy().tolist(),
         "mean": x.flatten(1).mean(dim=1).double().cpu().numpy().tolist(),
         "empty": empty.cpu().numpy().tolist(),
+        **{k: list(v) for k, v in getattr(fn, "frame_info", {}).items()},
     }
 
 

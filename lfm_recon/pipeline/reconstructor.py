@@ -23,11 +23,13 @@ from ..operator import LightFieldOperator
 from ..psf.bank import PSFBank
 from ..recording import file_sha256
 from ..solvers import (
+    AUTO_MAX_ITERATIONS,
     DEFAULT_LAMBDA_FRACTION,
     FILTERED_METHODS,
     METHODS,
     check_filter,
     default_iterations,
+    richardson_lucy_holdout,
     solve,
 )
 from ..unfolded import UnfoldedISTA
@@ -55,7 +57,12 @@ class Reconstructor:
     Calling it returns float32 volumes in photons per voxel on the
     operator's device, whatever the operator's dtype. Frames without signal
     (all ≤ background) give a zero volume (the solvers would refuse them;
-    one dark frame must not stop a recording).
+    one dark frame must not stop a recording). After a call,
+    ``frame_info`` holds per frame (lists, None where it does not apply)
+    ``iterations``: the solver's iteration count (with ``"auto"`` the
+    frame's held-out stop), or the network's RL start's; and ``blend``:
+    the network's held-out guard α (1: the network unchanged, 0: its RL
+    start; :class:`~lfm_recon.unfolded.UnfoldedConfig`).
     """
 
     def __init__(
@@ -144,15 +151,30 @@ class Reconstructor:
         out = torch.zeros(
             (len(y), *op.volume_shape(_lenslets(op, y))), device=op.device, dtype=torch.float32
         )
+        self.frame_info = {"iterations": [None] * len(y), "blend": [None] * len(y)}
         if not bool(signal.any()):
             return out
         keep = torch.nonzero(signal).flatten()
         ys = y if bool(signal.all()) else y[keep]
         ys, b = ys + self.lift, self.solver_background  # c < 0 lifts the frames, c ≥ 0 is b
+        iterations = blend = None
         if self.method == "net":
             x = self.net(ys, b)
+            cfg = self.net.config
+            iterations = self.net.rl_iterations if cfg.rl_start else None
+            blend = self.net.guard_blend if cfg.holdout_guard else None
+        elif self.n_iter == AUTO:
+            acc = self.options["accelerate"]
+            x, iterations = richardson_lucy_holdout(
+                op, ys, AUTO_MAX_ITERATIONS[acc], background=b, filter=self.filter, accelerate=acc
+            )
         else:
             x = solve(op, ys, self.method, self.n_iter, background=b, **self.options)
+            iterations = torch.full((len(ys),), self.n_iter)
+        for key, values in (("iterations", iterations), ("blend", blend)):
+            if values is not None:
+                for i, v in zip(keep.tolist(), values.tolist(), strict=True):
+                    self.frame_info[key][i] = v
         if bool(signal.all()):
             return x.to(torch.float32)
         out[keep] = x.to(torch.float32)

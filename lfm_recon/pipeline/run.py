@@ -44,7 +44,7 @@ from ..recording import Recording, file_sha256, spread
 from .lock import OutputLock
 from .qc import flag, frame_qc
 from .reconstructor import Reconstructor, check_batch, load_reconstructor
-from .store import QC_FIELDS, Marker, RunFolder
+from .store import QC_FIELDS, QC_OPTIONAL, Marker, RunFolder
 from .writers import Damaged, OutputSpec, Writer, make_writer, output_kind, zarr_package
 
 
@@ -567,11 +567,12 @@ class _Run:
         total = self.spec.frames
         qc = {k: np.zeros(total) for k in ("residual", "max", "mean")}
         qc["empty"] = np.zeros(total, dtype=bool)
+        qc |= {k: np.full(total, np.nan) for k in QC_OPTIONAL}  # None (n/a) → NaN
         covered = np.zeros(total, dtype=bool)
         for m in self.folder.markers()[0]:
             covered[m.start : m.stop] = True
             for k in QC_FIELDS:
-                qc[k][m.start : m.stop] = m.qc[k]
+                qc[k][m.start : m.stop] = np.array(m.qc[k], dtype=qc[k].dtype)
         if not covered.all():
             missing = int((~covered).sum())
             raise LFMError(f"{missing} frames are not done in {self.output}; run again to finish")

@@ -27,7 +27,9 @@ from pathlib import Path
 
 from .. import _durable
 
-QC_FIELDS = ("residual", "max", "mean", "empty")
+QC_FIELDS = ("residual", "max", "mean", "empty", "iterations", "blend")
+# Per-frame facts that markers written before they existed lack (NaN then).
+QC_OPTIONAL = ("iterations", "blend")
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,12 @@ class Marker:
     @classmethod
     def from_json(cls, value: dict) -> Marker:
         start, stop = (int(v) for v in value["frames"])
-        qc = {k: list(value["qc"][k]) for k in QC_FIELDS}
-        records = list(value["records"])
         n = stop - start
+        qc = {
+            k: list(value["qc"][k]) if k in value["qc"] or k not in QC_OPTIONAL else [None] * n
+            for k in QC_FIELDS
+        }
+        records = list(value["records"])
         if n < 1 or len(records) != n or any(len(v) != n for v in qc.values()):
             raise ValueError("inconsistent lengths")
         return cls(start, stop, qc, records)

@@ -52,6 +52,9 @@ FORMAT_VERSION = 2  # 2: contiguous volumes written in place, qc/done
 ZARR_SUFFIX = ".zarr"
 NGFF_VERSION = "0.4"
 QC_KEYS = ("residual", "max", "mean", "empty")
+# Per-frame iterations and the network's guard blend (NaN: does not apply);
+# an output laid out before they existed resumes without them.
+QC_EXTRA = ("iterations", "blend")
 
 
 def output_kind(path: Path) -> str:
@@ -241,6 +244,8 @@ class H5Writer(_OffsetWriter):
                 g = f.create_group("qc")
                 for key in ("residual", "max", "mean"):
                     g.create_dataset(key, data=np.zeros(t))
+                for key in QC_EXTRA:
+                    g.create_dataset(key, data=np.full(t, np.nan))
                 for key in ("empty", "flagged", "done"):
                     g.create_dataset(key, data=np.zeros(t, dtype=bool))
                 g.create_dataset("source", data=np.array(sources, dtype=h5py.string_dtype()))
@@ -268,7 +273,7 @@ class H5Writer(_OffsetWriter):
             with h5py.File(self.path, "r", locking=False) as f:
                 d = f["volumes"]
                 offset = d.id.get_offset()
-                keys = (*QC_KEYS, "flagged", "done")
+                keys = (*QC_KEYS, "flagged", "done", *(k for k in QC_EXTRA if k in f["qc"]))
                 self._qc_offsets = {k: f["qc"][k].id.get_offset() for k in keys}
                 shape = d.shape
         except (OSError, KeyError) as exc:
@@ -289,7 +294,9 @@ class H5Writer(_OffsetWriter):
         self.open()
         fd = os.open(self.path, os.O_WRONLY)
         try:
-            for key in ("residual", "max", "mean"):
+            for key in ("residual", "max", "mean", *QC_EXTRA):
+                if key not in self._qc_offsets:  # laid out by an older version
+                    continue
                 data = np.ascontiguousarray(qc[key], dtype="<f8")
                 _pwrite(fd, memoryview(data).cast("B"), self._qc_offsets[key])
             for key in ("empty", "flagged"):
@@ -498,7 +505,11 @@ class ZarrWriter(Writer):
             "provenance": spec.provenance,
         }
         if qc is not None:
-            own["qc"] = {k: np.asarray(v).tolist() for k, v in qc.items()}
+            # JSON has no NaN: a value that does not apply is null
+            own["qc"] = {
+                k: [None if isinstance(e, float) and e != e else e for e in np.asarray(v).tolist()]
+                for k, v in qc.items()
+            }
             own["qc"]["source"] = list(sources)
         return {"multiscales": [multiscale], "lfm_recon": own}
 
@@ -649,13 +660,13 @@ def write_json(path: Path, value: dict) -> None:
 
 
 def write_qc_csv(path: Path, qc: dict, sources: list[str]) -> None:
-    """The QC table as CSV (frame, source, residual, max, mean, flagged),
-    written durably."""
+    """The QC table as CSV (frame, source, residual, max, mean, iterations,
+    blend, flagged; empty where a value does not apply), written durably."""
     import csv
 
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
-    w.writerow(["frame", "source", "residual", "max", "mean", "flagged"])
+    w.writerow(["frame", "source", "residual", "max", "mean", *QC_EXTRA, "flagged"])
     for i, src in enumerate(sources):
         w.writerow(
             [
@@ -664,6 +675,7 @@ def write_qc_csv(path: Path, qc: dict, sources: list[str]) -> None:
                 f"{qc['residual'][i]:.6g}",
                 f"{qc['max'][i]:.6g}",
                 f"{qc['mean'][i]:.6g}",
+                *("" if np.isnan(qc[k][i]) else f"{qc[k][i]:.6g}" for k in QC_EXTRA),
                 int(qc["flagged"][i]),
             ]
         )
