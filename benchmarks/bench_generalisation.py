@@ -49,7 +49,9 @@ scaling, pooled detection F1):
 
 The network is the package's recipe (``MODEL``: accelerated RL that stops
 frame by frame at its least held-out deviance, at most 100 iterations, then
-8 layers with a 32-channel CNN prior and a Poisson EM step); a variant is
+8 layers with a 32-channel CNN prior and a Poisson EM step, and at
+inference the held-out guard at 1.15: each frame blended toward its RL
+start as far as its held-out light requires); a variant is
 ``--model '{"rl_start": 15, "rl_stop": "fixed"}' --tag name`` (the previous
 recipe; its methods and run folders carry the tag). ``--reuse-base`` takes
 a seed's trained ``sup`` network from its run folder, so that +tta/+res/+adv
