@@ -466,6 +466,16 @@ def richardson_lucy_holdout(
         )
 
 
+def rl_auto(op: LightFieldOperator, y, *, background=0.0, filter=None, accelerate=False):
+    """RL with ``n_iter = "auto"``: :func:`richardson_lucy_holdout` at
+    most :data:`AUTO_MAX_ITERATIONS` iterations; returns (B, D, Yv, Xv)
+    photons per voxel and (B,) each frame's stop."""
+    most = AUTO_MAX_ITERATIONS[accelerate]
+    return richardson_lucy_holdout(
+        op, y, most, background=background, filter=filter, accelerate=accelerate
+    )
+
+
 def isra(
     op: LightFieldOperator,
     y,
@@ -623,10 +633,7 @@ def solve(
     if n_iter == AUTO:
         if method != "rl":
             raise LFMError(f"iterations 'auto' (the held-out stop) is for rl only, not {method}")
-        most = AUTO_MAX_ITERATIONS[accelerate]
-        return richardson_lucy_holdout(
-            op, y, most, background=background, filter=filter, accelerate=accelerate
-        )[0]
+        return rl_auto(op, y, background=background, filter=filter, accelerate=accelerate)[0]
     kw = dict(background=background, progress=progress)
     if method == "rl":
         return richardson_lucy(op, y, n_iter, filter=filter, accelerate=accelerate, **kw)

@@ -443,7 +443,7 @@ class UnfoldedISTA(nn.Module):
                 else:
                     v = v + prior_gain * self.priors[k](v)
             x = threshold(v, mu * lam)
-        if guard and not self.training:
+        if guard:
             x = self._guard(x, x_start, y, b, held)
         return x
 

@@ -37,7 +37,7 @@ def frame_qc(fn: Reconstructor, x: torch.Tensor, y: torch.Tensor) -> dict:
         "max": x.flatten(1).amax(dim=1).double().cpu().numpy().tolist(),
         "mean": x.flatten(1).mean(dim=1).double().cpu().numpy().tolist(),
         "empty": empty.cpu().numpy().tolist(),
-        **{k: list(v) for k, v in getattr(fn, "frame_info", {}).items()},
+        **{k: list(v) for k, v in fn.frame_info.items()},
     }
 
 

@@ -23,13 +23,12 @@ from ..operator import LightFieldOperator
 from ..psf.bank import PSFBank
 from ..recording import file_sha256
 from ..solvers import (
-    AUTO_MAX_ITERATIONS,
     DEFAULT_LAMBDA_FRACTION,
     FILTERED_METHODS,
     METHODS,
     check_filter,
     default_iterations,
-    richardson_lucy_holdout,
+    rl_auto,
     solve,
 )
 from ..unfolded import UnfoldedISTA
@@ -165,9 +164,7 @@ class Reconstructor:
             blend = self.net.guard_blend if cfg.holdout_guard else None
         elif self.n_iter == AUTO:
             acc = self.options["accelerate"]
-            x, iterations = richardson_lucy_holdout(
-                op, ys, AUTO_MAX_ITERATIONS[acc], background=b, filter=self.filter, accelerate=acc
-            )
+            x, iterations = rl_auto(op, ys, background=b, filter=self.filter, accelerate=acc)
         else:
             x = solve(op, ys, self.method, self.n_iter, background=b, **self.options)
             iterations = torch.full((len(ys),), self.n_iter)
