@@ -139,7 +139,10 @@ MODEL = {
     "rl_accelerate": True,
     "rl_stop": "holdout",
     "holdout_guard": 1.15,
+    "holdout_antialias": True,
 }
+# Settings that act at inference only: a reused network takes the recipe's.
+INFERENCE_ONLY = ("holdout_guard", "holdout_antialias")
 SIMULATE = {"batch_size": 4, "validation": 8}
 
 
@@ -417,6 +420,8 @@ def main() -> None:
             if not trained.exists():
                 raise SystemExit(f"--reuse-base: no trained network at {trained}; train it first")
             base, secs = load_model(trained), float("nan")
+            inference = {k: model[k] for k in INFERENCE_ONLY if k in model}
+            base.config = dataclasses.replace(base.config, **inference)
         else:
             base, secs = run_training(folder, "sup" + tag, seed, args.steps, sim, {}, model)
         if "sup" in parts:

@@ -65,6 +65,7 @@ def _recipe(folder: Path, budget: float) -> dict:
             "rl_accelerate": True,
             "rl_stop": "holdout",
             "holdout_guard": 1.15,
+            "holdout_antialias": True,
         },
         "data": {
             "train": str(folder / "data.h5"),

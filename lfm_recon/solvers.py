@@ -872,8 +872,9 @@ def rl_iterations(
             weighted; with it each frame's result is its iterate of lowest
             held-out Poisson deviance up to the first iteration that is
             :data:`HOLDOUT_PATIENCE` past that frame's best (the frame is
-            then done, whatever the rest of the batch does), and the loop
-            ends once every frame is done.
+            then done, whatever the rest of the batch does, and leaves the
+            batch: the frames still iterating cost what they alone would),
+            and the loop ends once every frame is done.
         accelerate: Biggs–Andrews extrapolation (:func:`extrapolate`).
         post: applied to every update (e.g. the anti-aliasing filter).
 
@@ -887,6 +888,10 @@ def rl_iterations(
     if held is not None:
         best, since = x, torch.zeros(len(y), dtype=torch.long, device=y.device)
         best_dev = torch.full((len(y),), math.inf, dtype=y.dtype, device=y.device)
+        # Rows of the working tensors are the frames still iterating
+        # (``frames``: their places in the batch); done frames go to ``out``.
+        frames = torch.arange(len(y), device=y.device)
+        out, out_iterations = x.clone(), iterations.clone()
     previous, updates = None, []
     for k in range(n):
         point = extrapolate(x, previous, *updates) if len(updates) == 2 else x
@@ -901,8 +906,11 @@ def rl_iterations(
             best_dev = torch.where(better, dev, best_dev)
             since = torch.where(better, 0, since + 1)
             iterations = torch.where(better, k, iterations)
-            if bool((since >= HOLDOUT_PATIENCE).all()):
-                return best, iterations
+            done = since >= HOLDOUT_PATIENCE
+            if bool(done.any()):
+                out[frames[done]], out_iterations[frames[done]] = best[done], iterations[done]
+                if bool(done.all()):
+                    return out, out_iterations
         new = _safe_divide(point * backproject(_safe_divide(yw, predicted)), sensitivity)
         if post is not None:
             new = post(new)
@@ -910,7 +918,30 @@ def rl_iterations(
         if accelerate:
             previous, updates = x, [new - point, *updates[:1]]
         x = new
-    return (x, iterations) if held is None else (best, iterations)
+        if held is not None and bool(done.any()):  # the done frames leave the batch
+            rows = torch.nonzero(~done).flatten()
+            n_rows = len(done)
+            state = (x, previous, best, best_dev, since, iterations, frames)
+            x, previous, best, best_dev, since, iterations, frames = (
+                _rows(t, rows, n_rows) for t in state
+            )
+            yc, yw, b, held, sensitivity = (
+                _rows(t, rows, n_rows) for t in (yc, yw, b, held, sensitivity)
+            )
+            updates = [_rows(u, rows, n_rows) for u in updates]
+    if held is None:
+        return x, iterations
+    out[frames], out_iterations[frames] = best, iterations
+    return out, out_iterations
+
+
+def _rows(t, rows: torch.Tensor, n: int):
+    """t's rows ``rows`` if t is a per-frame tensor of a batch of n > 1
+    frames (leading dimension n); t itself if it broadcasts over the batch
+    (leading dimension 1, a number, None)."""
+    if torch.is_tensor(t) and t.ndim and n > 1 and t.shape[0] == n:
+        return t[rows]
+    return t
 
 
 def extrapolate(x, previous, update, earlier_update) -> torch.Tensor:

@@ -386,7 +386,7 @@ def test_a_marker_written_before_the_iteration_and_blend_columns_still_reads():
     }
     marker = Marker.from_json(old)
     assert set(marker.qc) == set(QC_FIELDS)
-    assert marker.qc["iterations"] == marker.qc["blend"] == [None, None]
+    assert marker.qc["iterations"] == marker.qc["blend"] == marker.qc["antialiased"] == [None, None]
     assert marker.qc["residual"] == [0.1, 0.2]
     del old["qc"]["max"]  # a field that was always there is still required
     with pytest.raises(KeyError):

@@ -141,10 +141,10 @@ def test_qc_flags_a_frame_the_model_cannot_explain(recording, tmp_path):
 
 def test_qc_table_records_each_frames_iterations_and_guard_blend(recording, tmp_path):
     """A network with the held-out guard: the QC table (HDF5 and the CSV
-    beside a TIFF) holds each frame's RL-start iterations and guard blend,
-    as the network reports them when called on the frames directly; a dark
-    frame has neither (NaN, an empty CSV cell); fixed-count RL records its
-    count and no blend."""
+    beside a TIFF) holds each frame's RL-start iterations, guard blend and
+    whether the guard anti-aliased it, as the network reports them when
+    called on the frames directly; a dark frame has none (NaN, an empty CSV
+    cell); fixed-count RL records its count and no blend."""
     import csv
 
     from lfm_recon import UnfoldedISTA
@@ -153,7 +153,7 @@ def test_qc_table_records_each_frames_iterations_and_guard_blend(recording, tmp_
     root, frames, base = recording
     net = UnfoldedISTA(
         base.op, 2, data_term="poisson", prior="cnn", rl_start=40, rl_accelerate=True,
-        rl_stop="holdout", holdout_guard=1.5,
+        rl_stop="holdout", holdout_guard=1.5, holdout_antialias=True,
     )  # fmt: skip
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():  # layers that move the start, so the guard has work to do
@@ -175,9 +175,13 @@ def test_qc_table_records_each_frames_iterations_and_guard_blend(recording, tmp_
     np.testing.assert_array_equal(iterations[lit], net.rl_iterations.numpy())
     np.testing.assert_allclose(blend[lit], net.guard_blend.numpy())
     assert 0 < blend[lit].min() < 1 == blend[lit].max()  # it acted on some frames, not all
+    antialiased = info["qc"]["antialiased"]
+    assert np.isnan(antialiased[3])
+    np.testing.assert_array_equal(antialiased[lit], net.guard_antialiased.numpy())
     with open(tmp_path / "net.qc.csv") as f:
         rows = list(csv.DictReader(f))
-    assert rows[3]["iterations"] == rows[3]["blend"] == ""
+    assert rows[3]["iterations"] == rows[3]["blend"] == rows[3]["antialiased"] == ""
+    assert [float(rows[i]["antialiased"]) for i in lit] == antialiased[lit].tolist()
     np.testing.assert_allclose([float(rows[i]["blend"]) for i in lit], blend[lit], rtol=1e-5)
     reconstruct_files(
         [tmp_path / "odd.tif"], tmp_path / "rl.h5", psf=root / "bank.h5", method="rl", n_iter=4,
@@ -185,7 +189,7 @@ def test_qc_table_records_each_frames_iterations_and_guard_blend(recording, tmp_
     )  # fmt: skip
     _, info = read_volumes(tmp_path / "rl.h5")
     assert info["qc"]["iterations"][lit].tolist() == [4.0] * len(lit)
-    assert np.isnan(info["qc"]["blend"]).all()
+    assert np.isnan(info["qc"]["blend"]).all() and np.isnan(info["qc"]["antialiased"]).all()
 
 
 # --- crash safety and resume ----------------------------------------------------------------

@@ -523,6 +523,21 @@ def test_holdout_stop_of_a_frame_does_not_depend_on_its_batch(small_bank):
         alone, stop = S.richardson_lucy_holdout(op, y[i : i + 1], 200, background=5.0)
         assert int(stop) == int(stops[i])
         torch.testing.assert_close(alone[0], together[i], rtol=1e-4, atol=1e-6 * float(alone.max()))
+    # Done frames leave the batch: interleaved, with a background per frame
+    # and the filter, each frame still gets what it gets alone.
+    order = torch.tensor([3, 0, 4, 1, 5, 2])
+    b = torch.tensor([5.0, 4.0, 6.0, 5.5, 4.5, 5.0]).reshape(-1, 1, 1, 1)
+    mixed, stops = S.richardson_lucy_holdout(
+        op, y[order], 200, background=b, filter="antialias", accelerate=False
+    )
+    assert len(set(stops.tolist())) > 2
+    for i in range(len(y)):
+        alone, stop = S.richardson_lucy_holdout(
+            op, y[order][i : i + 1], 200, background=b[i : i + 1], filter="antialias",
+            accelerate=False,
+        )  # fmt: skip
+        assert int(stop) == int(stops[i])
+        torch.testing.assert_close(alone[0], mixed[i], rtol=1e-4, atol=1e-6 * float(alone.max()))
 
 
 def test_holdout_mask_is_fixed_and_one_pixel_in_eight():

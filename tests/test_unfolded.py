@@ -15,6 +15,7 @@ import torch
 from banks import Config, random_bank
 
 from lfm_recon import LFMError, LightFieldOperator, UnfoldedISTA
+from lfm_recon.antialias import AntiAliasFilter
 from lfm_recon.data import simulate_dataset
 from lfm_recon.modelfile import load_model, save_model
 from lfm_recon.solvers import ista_step
@@ -234,11 +235,16 @@ def _held_deviance(op, x, y, b, mask) -> np.ndarray:
     return (term * mask.double()).flatten(1).sum(1).numpy()
 
 
-def _guarded(op, tolerance: float, like: UnfoldedISTA | None = None) -> UnfoldedISTA:
+def _guarded(
+    op, tolerance: float, like: UnfoldedISTA | None = None, antialias: bool = False
+) -> UnfoldedISTA:
     """A network whose (randomised) layers move its RL start a long way, or
     ``like``'s network with another tolerance (0: no guard)."""
     if like is not None:
-        net = UnfoldedISTA(op, config=dataclasses.replace(like.config, holdout_guard=tolerance))
+        config = dataclasses.replace(
+            like.config, holdout_guard=tolerance, holdout_antialias=antialias
+        )
+        net = UnfoldedISTA(op, config=config)
         net.load_state_dict(like.state_dict())
         return net.eval()
     net = UnfoldedISTA(
@@ -297,14 +303,42 @@ def test_guard_blends_each_frame_toward_rl_only_as_far_as_held_out_light_require
     assert (_held_deviance(op, x, y, b, mask) <= tolerance * dev[:, 0] * (1 + 1e-4)).all()
 
 
+def test_guard_anti_aliases_the_frames_whose_held_out_light_allows_it(small_bank, op):
+    """holdout_antialias: each frame takes the anti-aliased version of its
+    guarded volume where that version's held-out deviance (float64, from its
+    own projection) is ≤ T × the unfiltered one's, and keeps it otherwise."""
+    b = 5.0
+    data = simulate_dataset(small_bank, 4, 0, lenslets=(7, 8), photons=300.0, background=b, seed=5)
+    y = torch.from_numpy(data.lightfields)
+    tolerance = 1.2
+    free = _guarded(op, 1e30)
+    plain = _guarded(op, tolerance, like=free)
+    net = _guarded(op, tolerance, like=free, antialias=True)
+    with torch.no_grad():
+        x_plain, x = plain(y, b), net(y, b)
+    assert net.guard_blend.tolist() == plain.guard_blend.tolist()
+    mask = net.holdout_mask(y)
+    filtered = AntiAliasFilter.for_operator(op)(x_plain)
+    ratio = _held_deviance(op, filtered, y, b, mask) / _held_deviance(op, x_plain, y, b, mask)
+    expected = ratio <= tolerance
+    assert expected.any() and not expected.all()  # the case splits the frames
+    assert net.guard_antialiased.tolist() == expected.tolist()
+    keep = torch.from_numpy(expected).reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(x, torch.where(keep, filtered, x_plain))
+    assert not torch.equal(filtered, x_plain)  # the filter acts on this optics
+
+
 def test_guard_acts_at_inference_only(small_bank, op, lightfields):
     """In training mode the guarded network is the plain one (the same
-    weights, no guard): the guard never shapes what the layers learn."""
+    weights, no guard, no filter): the guard never shapes what the layers
+    learn."""
     guarded = _guarded(op, 1.15)
+    guarded = _guarded(op, 1.15, like=guarded, antialias=True)
     plain = _guarded(op, 0.0, like=guarded)
     guarded.train(), plain.train()
     torch.testing.assert_close(guarded(lightfields, 5.0), plain(lightfields, 5.0))
     assert guarded.guard_blend.tolist() == [1.0] * len(lightfields)
+    assert not guarded.guard_antialiased.any()
 
 
 def test_gradients_reach_steps_and_thresholds_only():
@@ -358,6 +392,10 @@ def test_bad_inputs(op, lightfields):
             UnfoldedConfig(**holdout, holdout_guard=bad)
     with pytest.raises(LFMError, match="set rl_stop = 'holdout'"):
         UnfoldedConfig(data_term="poisson", rl_start=5, holdout_guard=1.15)
+    with pytest.raises(LFMError, match="set holdout_guard"):
+        UnfoldedConfig(**holdout, holdout_antialias=True)
+    with pytest.raises(LFMError, match="holdout_antialias must be true or false"):
+        UnfoldedConfig(**holdout, holdout_guard=1.15, holdout_antialias="yes")
 
 
 def test_set_lambda_scale_matches_the_solvers_scale(op, lightfields):

@@ -22,8 +22,8 @@ FLAG_SIGMAS = 5.0
 def frame_qc(fn: Reconstructor, x: torch.Tensor, y: torch.Tensor) -> dict:
     """QC of volumes x (B, D, Yv, Xv) reconstructed from light fields y
     (B, 1, Y, X) by the last call of ``fn``: lists of B values each for
-    residual, max, mean, empty, iterations and blend (None where they do not
-    apply; see :class:`Reconstructor`)."""
+    residual, max, mean, empty, iterations, blend and antialiased (None where
+    they do not apply; see :class:`Reconstructor`)."""
     op = fn.op
     y = y.to(device=op.device, dtype=op.dtype)
     with torch.no_grad():

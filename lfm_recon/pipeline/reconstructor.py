@@ -61,7 +61,9 @@ class Reconstructor:
     ``iterations``: the solver's iteration count (with ``"auto"`` the
     frame's held-out stop), or the network's RL start's; and ``blend``:
     the network's held-out guard α (1: the network unchanged, 0: its RL
-    start; :class:`~lfm_recon.unfolded.UnfoldedConfig`).
+    start; :class:`~lfm_recon.unfolded.UnfoldedConfig`); ``antialiased``:
+    1 where the guard then anti-aliased the frame, 0 where it did not
+    (``holdout_antialias``).
     """
 
     def __init__(
@@ -150,25 +152,27 @@ class Reconstructor:
         out = torch.zeros(
             (len(y), *op.volume_shape(_lenslets(op, y))), device=op.device, dtype=torch.float32
         )
-        self.frame_info = {"iterations": [None] * len(y), "blend": [None] * len(y)}
+        self.frame_info = {k: [None] * len(y) for k in ("iterations", "blend", "antialiased")}
         if not bool(signal.any()):
             return out
         keep = torch.nonzero(signal).flatten()
         ys = y if bool(signal.all()) else y[keep]
         ys, b = ys + self.lift, self.solver_background  # c < 0 lifts the frames, c ≥ 0 is b
-        iterations = blend = None
+        iterations = blend = antialiased = None
         if self.method == "net":
             x = self.net(ys, b)
             cfg = self.net.config
             iterations = self.net.rl_iterations if cfg.rl_start else None
             blend = self.net.guard_blend if cfg.holdout_guard else None
+            antialiased = self.net.guard_antialiased.float() if cfg.holdout_antialias else None
         elif self.n_iter == AUTO:
             acc = self.options["accelerate"]
             x, iterations = rl_auto(op, ys, background=b, filter=self.filter, accelerate=acc)
         else:
             x = solve(op, ys, self.method, self.n_iter, background=b, **self.options)
             iterations = torch.full((len(ys),), self.n_iter)
-        for key, values in (("iterations", iterations), ("blend", blend)):
+        info = {"iterations": iterations, "blend": blend, "antialiased": antialiased}
+        for key, values in info.items():
             if values is not None:
                 for i, v in zip(keep.tolist(), values.tolist(), strict=True):
                     self.frame_info[key][i] = v

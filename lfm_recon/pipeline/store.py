@@ -27,9 +27,9 @@ from pathlib import Path
 
 from .. import _durable
 
-QC_FIELDS = ("residual", "max", "mean", "empty", "iterations", "blend")
+QC_FIELDS = ("residual", "max", "mean", "empty", "iterations", "blend", "antialiased")
 # Per-frame facts that markers written before they existed lack (NaN then).
-QC_OPTIONAL = ("iterations", "blend")
+QC_OPTIONAL = ("iterations", "blend", "antialiased")
 
 
 @dataclass(frozen=True)

@@ -52,9 +52,10 @@ FORMAT_VERSION = 2  # 2: contiguous volumes written in place, qc/done
 ZARR_SUFFIX = ".zarr"
 NGFF_VERSION = "0.4"
 QC_KEYS = ("residual", "max", "mean", "empty")
-# Per-frame iterations and the network's guard blend (NaN: does not apply);
-# an output laid out before they existed resumes without them.
-QC_EXTRA = ("iterations", "blend")
+# Per-frame iterations, the network's guard blend and whether the guard
+# anti-aliased the frame (1/0; NaN: does not apply); an output laid out
+# before they existed resumes without them.
+QC_EXTRA = ("iterations", "blend", "antialiased")
 
 
 def output_kind(path: Path) -> str:
@@ -661,7 +662,8 @@ def write_json(path: Path, value: dict) -> None:
 
 def write_qc_csv(path: Path, qc: dict, sources: list[str]) -> None:
     """The QC table as CSV (frame, source, residual, max, mean, iterations,
-    blend, flagged; empty where a value does not apply), written durably."""
+    blend, antialiased, flagged; empty where a value does not apply),
+    written durably."""
     import csv
 
     buf = io.StringIO(newline="")
