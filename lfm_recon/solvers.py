@@ -891,7 +891,7 @@ def rl_iterations(
         # Rows of the working tensors are the frames still iterating
         # (``frames``: their places in the batch); done frames go to ``out``.
         frames = torch.arange(len(y), device=y.device)
-        out, out_iterations = x.clone(), iterations.clone()
+        out, out_iterations = x.expand(len(y), *x.shape[1:]).clone(), iterations.clone()
     previous, updates = None, []
     for k in range(n):
         point = extrapolate(x, previous, *updates) if len(updates) == 2 else x
