@@ -892,7 +892,7 @@ def rl_iterations(
         # (``frames``: their places in the batch); done frames go to ``out``.
         frames = torch.arange(len(y), device=y.device)
         out, out_iterations = x.expand(len(y), *x.shape[1:]).clone(), iterations.clone()
-    previous, updates = None, []
+    previous, updates, leaving = None, [], False
     for k in range(n):
         point = extrapolate(x, previous, *updates) if len(updates) == 2 else x
         predicted = project(point) + b
@@ -907,7 +907,8 @@ def rl_iterations(
             since = torch.where(better, 0, since + 1)
             iterations = torch.where(better, k, iterations)
             done = since >= HOLDOUT_PATIENCE
-            if bool(done.any()):
+            leaving = bool(done.any())  # one host sync per iteration
+            if leaving:
                 out[frames[done]], out_iterations[frames[done]] = best[done], iterations[done]
                 if bool(done.all()):
                     return out, out_iterations
@@ -918,7 +919,7 @@ def rl_iterations(
         if accelerate:
             previous, updates = x, [new - point, *updates[:1]]
         x = new
-        if held is not None and bool(done.any()):  # the done frames leave the batch
+        if leaving:  # the done frames leave the batch
             rows = torch.nonzero(~done).flatten()
             n_rows = len(done)
             state = (x, previous, best, best_dev, since, iterations, frames)

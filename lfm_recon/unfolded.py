@@ -473,19 +473,17 @@ class UnfoldedISTA(nn.Module):
         then anti-aliased where ``holdout_antialias`` allows (see
         :class:`UnfoldedConfig`); sets ``guard_blend`` and
         ``guard_antialiased`` (B,)."""
+        yc = y.clamp_min(0)
+
+        def held_deviance(projection):  # (B,): of H x given as its projection
+            return (held * poisson_deviance(yc, projection + b)).flatten(1).sum(dim=1)
+
         with torch.no_grad():
             # H is linear: the blend's prediction is the blend of two projections.
             p_net, p_start = self.op.project(x), self.op.project(x_start)
-            yc = y.clamp_min(0)
             alphas = torch.linspace(0, 1, GUARD_STEPS + 1, device=y.device, dtype=y.dtype)
             dev = torch.stack(
-                [
-                    (held * poisson_deviance(yc, a * p_net + (1 - a) * p_start + b))
-                    .flatten(1)
-                    .sum(dim=1)
-                    for a in alphas
-                ],
-                dim=1,
+                [held_deviance(a * p_net + (1 - a) * p_start) for a in alphas], dim=1
             )  # (B, steps + 1); α = 0 (the start) always passes
             ok = dev <= self.config.holdout_guard * dev[:, :1]
             index = torch.arange(len(alphas), device=y.device)
@@ -497,8 +495,7 @@ class UnfoldedISTA(nn.Module):
             return x
         filtered = self.antialias_filter(x)
         with torch.no_grad():
-            p_f = self.op.project(filtered) + b
-            dev_f = (held * poisson_deviance(yc, p_f)).flatten(1).sum(dim=1)
+            dev_f = held_deviance(self.op.project(filtered))
             dev_x = dev.gather(1, chosen.reshape(-1, 1)).reshape(-1)
             self.guard_antialiased = dev_f <= self.config.holdout_guard * dev_x
         return torch.where(self.guard_antialiased.reshape(-1, 1, 1, 1), filtered, x)
