@@ -324,8 +324,11 @@ def test_guard_anti_aliases_the_frames_whose_held_out_light_allows_it(small_bank
     assert expected.any() and not expected.all()  # the case splits the frames
     assert net.guard_antialiased.tolist() == expected.tolist()
     keep = torch.from_numpy(expected).reshape(-1, 1, 1, 1)
-    torch.testing.assert_close(x, torch.where(keep, filtered, x_plain))
-    assert not torch.equal(filtered, x_plain)  # the filter acts on this optics
+    # float32 convolutions may sum in another order from run to run (threads)
+    tol = dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x, torch.where(keep, filtered, x_plain), **tol)
+    # the filter acts on this optics, far beyond that tolerance
+    assert (filtered - x_plain).abs().max() > 1e3 * (1e-5 + 1e-5 * x_plain.abs().max())
 
 
 def test_guard_acts_at_inference_only(small_bank, op, lightfields):
