@@ -284,7 +284,15 @@ def net_scores(net, fam) -> dict:
 
 
 def run_training(
-    folder: Path, name: str, seed: int, steps: int, data: dict, loss: dict, model=None, **top
+    folder: Path,
+    name: str,
+    seed: int,
+    steps: int,
+    data: dict,
+    loss: dict,
+    model=None,
+    optim=None,
+    **top,
 ):
     config = TrainConfig.from_dict(
         {
@@ -297,7 +305,7 @@ def run_training(
             "model": model or MODEL,
             "data": {"patch_lenslets": 11, "batch_size": 4, "unlabeled_batch_size": 4, **data},
             "loss": {"supervised": 1.0, "resynthesis": 0.0, **loss},
-            "optim": {"steps": steps, "warmup_steps": steps // 4},
+            "optim": {"steps": steps, "warmup_steps": steps // 4, **(optim or {})},
             **top,
         }
     )
@@ -332,6 +340,14 @@ def main() -> None:
         "--reuse-base",
         action="store_true",
         help="load the seed's trained sup network from its run folder instead of training it",
+    )
+    parser.add_argument(
+        "--simulate",
+        default="{}",
+        help="JSON changes to [data.simulate], e.g. '{\"reuse\": 2}'",
+    )
+    parser.add_argument(
+        "--optim", default="{}", help="JSON changes to the optimiser, e.g. '{\"prior_lr\": 2e-3}'"
     )
     parser.add_argument("--tag", default="", help="names a variant's methods and run folders")
     args = parser.parse_args()
@@ -403,7 +419,7 @@ def main() -> None:
             )
         save()
 
-    sim = {"simulate": SIMULATE}
+    sim = {"simulate": {**SIMULATE, **json.loads(args.simulate)}}
     semi = {"resynthesis": 1.0, "resynthesis_kind": "poisson", "resynthesis_holdout": 0.2}
     for seed in [int(s) for s in args.seeds.split(",")]:
         if "fixed" in parts:
@@ -423,7 +439,9 @@ def main() -> None:
             inference = {k: model[k] for k in INFERENCE_ONLY if k in model}
             base.config = dataclasses.replace(base.config, **inference)
         else:
-            base, secs = run_training(folder, "sup" + tag, seed, args.steps, sim, {}, model)
+            base, secs = run_training(
+                folder, "sup" + tag, seed, args.steps, sim, {}, model, json.loads(args.optim)
+            )
         if "sup" in parts:
             record("sup", seed, base, secs)
         tune = {"init_model": str(trained)}

@@ -59,6 +59,13 @@ class SimulationRanges:
         validation: simulated samples (fixed, drawn once) that pick the
             best model when the run has no validation file and no
             ``data.train`` to hold samples out of.
+        reuse: steps each draw serves. 1: fresh samples every step. n > 1: a
+            draw every n steps, and the n − 1 steps after it see its samples
+            under other flips and transposes that the PSF bank allows (so
+            y = H x still holds; the draw itself repeats where the bank
+            allows none), with the network's RL start computed once per
+            draw. The simulation and the RL start then cost 1/n per step:
+            more steps in a time budget, from fewer distinct samples.
         density: somata per mm³ of the imaged volume (log-uniform).
         soma_radius: µm, each sample's mean soma radius (somata vary ±25 %
             around it).
@@ -81,6 +88,7 @@ class SimulationRanges:
     batch_size: int = 4
     lenslets: int = 0
     validation: int = 8
+    reuse: int = 1
     density: tuple[float, float] = (3000.0, 60000.0)
     soma_radius: tuple[float, float] = (2.5, 8.0)
     elongation: tuple[float, float] = (1.0, 1.6)
@@ -98,10 +106,12 @@ class SimulationRanges:
             value = getattr(self, f.name)
             if isinstance(value, tuple):
                 _check_range(f.name, value, integer=f.name == "processes")
-        for name in ("batch_size", "lenslets", "validation"):
+        for name in ("batch_size", "lenslets", "validation", "reuse"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise LFMError(f"simulate.{name} must be an integer ≥ 0, got {value!r}")
+        if self.reuse < 1:
+            raise LFMError(f"simulate.reuse must be ≥ 1 (steps per draw), got {self.reuse}")
         if not 0 <= self.point_planes <= 1:
             raise LFMError(f"simulate.point_planes is a probability, got {self.point_planes}")
         positive = ("density", "soma_radius", "elongation", "neuropil_scale", "photons")

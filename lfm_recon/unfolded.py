@@ -387,22 +387,49 @@ class UnfoldedISTA(nn.Module):
                 raise LFMError("scale (the frames' mean signal per pixel) must be finite and > 0")
         return y / c, b / c, c
 
-    def forward(self, y, background=0.0, *, scale=None, weight=None) -> torch.Tensor:
+    def forward(self, y, background=0.0, *, scale=None, weight=None, start=None) -> torch.Tensor:
         """(B, 1, Y, X) counts → (B, D, Yv, Xv) photons per voxel.
 
         ``scale``: see :meth:`normalise` (default: each frame's own).
         ``weight``: (B, 1, Y, X) in [0, 1], how much each pixel counts in the
         data term (0 hides it; None = all count), e.g. to hold pixels out.
+        ``start``: (B, D, Yv, Xv) the layers' start x₀ in normalised units, as
+        :meth:`initial` gives it for these inputs (training reuses a
+        simulated sample's start over several steps); None computes it.
         """
         yn, bn, c = self.normalise(y, background, scale)
         snr = self.snr(c, bn * c) if self.config.noise_aware else None
-        return self.layers(yn, bn, weight, snr) * c
+        return self.layers(yn, bn, weight, snr, start) * c
 
-    def layers(self, y: torch.Tensor, b: torch.Tensor, weight=None, snr=None) -> torch.Tensor:
+    @torch.no_grad()
+    def initial(self, y, background=0.0, *, scale=None, weight=None) -> torch.Tensor | None:
+        """The layers' start x₀ (B, D, Yv, Xv) in normalised units (divided by
+        the frame scale c): the configured start, then the RL start if any;
+        None for the zero start. It has no learned parameters, so it can be
+        computed once and passed to :meth:`forward` as ``start``."""
+        if self.config.resolved_start == "adjoint":
+            raise LFMError("the adjoint start has a learned scale: it cannot be computed apart")
+        yn, bn, _ = self.normalise(y, background, scale)
+        return self._initial(yn, bn, weight)
+
+    def _initial(self, y, b, weight) -> torch.Tensor | None:
+        """x₀ of :meth:`layers` (normalised inputs); sets ``rl_iterations``."""
+        x = self._start(y, b)
+        self.rl_iterations = torch.zeros(len(y), dtype=torch.long, device=y.device)
+        if self.config.rl_start:
+            with torch.no_grad():  # no parameters before the layers
+                x = self._richardson_lucy(
+                    x, y, b, weight, self.config.rl_start, self.config.rl_accelerate
+                )
+        return x
+
+    def layers(
+        self, y: torch.Tensor, b: torch.Tensor, weight=None, snr=None, start=None
+    ) -> torch.Tensor:
         """The unfolded iterations on normalised, checked inputs (y / c, b / c)
         → the volume in normalised units (multiply by c for photons).
-        ``weight``: see :meth:`forward`; ``snr``: (B, 1, 1, 1), needed by a
-        ``noise_aware`` network (:meth:`snr`)."""
+        ``weight``, ``start``: see :meth:`forward`; ``snr``: (B, 1, 1, 1),
+        needed by a ``noise_aware`` network (:meth:`snr`)."""
         op, cfg = self.op, self.config
         steps, lams = self.steps(), self.thresholds()
         gains = None
@@ -413,13 +440,9 @@ class UnfoldedISTA(nn.Module):
             gains = torch.exp(self.snr_gamma * (snr.reshape(-1, 1, 1) / SNR_REFERENCE).log())
         poisson = cfg.data_term == "poisson"
         tiny = torch.finfo(y.dtype).tiny
-        x = self._start(y, b)
-        self.rl_iterations = torch.zeros(len(y), dtype=torch.long, device=y.device)
         self.guard_blend = torch.ones(len(y), dtype=y.dtype, device=y.device)
         self.guard_antialiased = torch.zeros(len(y), dtype=torch.bool, device=y.device)
-        if cfg.rl_start:
-            with torch.no_grad():  # no parameters before the layers
-                x = self._richardson_lucy(x, y, b, weight, cfg.rl_start, cfg.rl_accelerate)
+        x = self._initial(y, b, weight) if start is None else self._given_start(start, y)
         # The guard acts at inference only: training sees the plain network.
         x_start, held, guard = x, None, bool(cfg.holdout_guard) and not self.training
         sens = None
@@ -550,6 +573,15 @@ class UnfoldedISTA(nn.Module):
             with torch.no_grad():
                 cache[key] = self.op.backproject(ones - self.holdout_mask(y) if holdout else ones)
         return cache[key]
+
+    def _given_start(self, start, y) -> torch.Tensor:
+        """A start passed to :meth:`forward`, checked against y."""
+        if self.config.resolved_start == "adjoint":
+            raise LFMError("the adjoint start has a learned scale: it cannot be given as start")
+        shape = (len(y), *self.op.volume_shape(_lenslets(self.op, y)))
+        if tuple(start.shape) != shape:
+            raise LFMError(f"start has shape {tuple(start.shape)}, the light fields need {shape}")
+        return start.to(device=y.device, dtype=y.dtype)
 
     def _start(self, y, b) -> torch.Tensor | None:
         """x₀ in normalised units (None for zero: H x₀ = 0 needs no projection)."""

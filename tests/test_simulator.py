@@ -142,6 +142,100 @@ def test_batches_of_two_processes_make_the_batch_of_one(tmp_path, small_bank):
     assert one.n_labelled == 4 and all(b.n_labelled == 2 for b in ranks)
 
 
+def _reuse_source(tmp_path, bank, reuse, rl_stop="fixed"):
+    """A BatchSource of simulated samples only (with a pixel hold-out), the
+    draws serving ``reuse`` steps, and a network whose start it computes."""
+    from lfm_recon.training.batches import BatchSource
+    from lfm_recon.training.data import TrainingData
+    from lfm_recon.unfolded import UnfoldedISTA
+
+    bank.save(tmp_path / "bank.h5")
+    cfg = TrainConfig.from_dict(
+        {
+            "psf": str(tmp_path / "bank.h5"),
+            "data": {"patch_lenslets": 6, "simulate": {"batch_size": 2, "reuse": reuse}},
+            "loss": {"resynthesis": 1.0, "resynthesis_holdout": 0.3},
+        }
+    )
+    op = LightFieldOperator(bank)
+    net = UnfoldedISTA(op, 2, data_term="poisson", rl_start=6, rl_stop=rl_stop)
+
+    def initial(y, background, scale, weight):
+        return net.initial(y, background, scale=scale, weight=weight)
+
+    data = TrainingData(cfg.data, bank, cfg.seed)
+    return (lambda: BatchSource(cfg, data, bank, op)), initial
+
+
+def test_a_reused_draw_is_the_draw_under_a_symmetry_of_the_bank(tmp_path, small_bank):
+    """simulate.reuse = 4: steps 4–7 see step 4's draw, step 4 as drawn and
+    steps 5–7 each under another flip/transpose that the bank allows, with
+    light field, volume, hold-out and start transformed together. The
+    transformed start is the network's own start of the transformed light
+    field (H commutes with the symmetry), so nothing is out of step."""
+    from lfm_recon.training.augment import augment
+    from lfm_recon.training.distributed import Processes
+
+    new_source, initial = _reuse_source(tmp_path, small_bank, 4)
+    source, cpu = new_source(), Processes(0, 1, torch.device("cpu"), False)
+    assert len(source.sampler.codes) == 8  # the bank has all eight symmetries
+    drawn = source.simulator.draw(0, 4, range(2))
+    batches = {k: source.batch(k, cpu, initial) for k in range(4, 8)}
+    torch.testing.assert_close(batches[4].y, drawn.y, rtol=0, atol=0)
+    codes = [source._repeat_code(4, k) for k in (1, 2, 3)]
+    assert 0 not in codes and len(set(codes)) == 3
+    for k, code in zip((5, 6, 7), codes, strict=True):
+        b = batches[k]
+        for name in ("y", "target", "data_weight", "lf_weight", "start"):
+            want = augment(getattr(batches[4], name), code)
+            torch.testing.assert_close(getattr(b, name), want, rtol=0, atol=0)
+        torch.testing.assert_close(b.scale, batches[4].scale, rtol=0, atol=0)
+        own = initial(b.y, b.background, b.scale, b.data_weight)
+        torch.testing.assert_close(b.start, own, rtol=1e-4, atol=1e-6 * float(own.max()))
+    assert not torch.equal(source.batch(8, cpu, initial).y, batches[4].y)  # a new draw
+
+
+def test_reused_draws_resume_and_split_over_processes_exactly(tmp_path, small_bank):
+    """A resumed run (a fresh source at step 6) and two processes draw, with
+    reuse, what one uninterrupted process draws; reuse = 1 draws every step."""
+    from lfm_recon.training.distributed import Processes
+
+    new_source, initial = _reuse_source(tmp_path, small_bank, 3, rl_stop="holdout")
+    cpu = torch.device("cpu")
+    one = Processes(0, 1, cpu, False)
+    source = new_source()
+    steps = {k: source.batch(k, one, initial) for k in range(3, 7)}
+    resumed = new_source().batch(5, one, initial)
+    for name in ("y", "target", "data_weight", "start"):
+        torch.testing.assert_close(getattr(resumed, name), getattr(steps[5], name), rtol=0, atol=0)
+    ranks = [new_source().batch(5, Processes(r, 2, cpu, False), initial) for r in (0, 1)]
+    for name in ("y", "target", "data_weight", "start"):
+        mine = torch.cat([getattr(b, name) for b in ranks])
+        torch.testing.assert_close(mine, getattr(steps[5], name), rtol=1e-6, atol=1e-7)
+    fresh, _ = _reuse_source(tmp_path, small_bank, 1)
+    plain = fresh()
+    for k in (3, 4):
+        drawn = plain.simulator.draw(0, k, range(2))
+        torch.testing.assert_close(plain.batch(k, one).y, drawn.y, rtol=0, atol=0)
+
+
+def test_a_given_start_gives_the_networks_own_result(small_bank):
+    """forward(start=initial(...)) = forward(): the start is the network's own."""
+    from lfm_recon.unfolded import UnfoldedISTA
+
+    op = LightFieldOperator(small_bank)
+    sim = Simulator(op, SimulationRanges(), lenslets=6)
+    y = sim.draw(3, 0, range(2)).y
+    net = UnfoldedISTA(op, 2, data_term="poisson", rl_start=8, rl_stop="holdout", prior="cnn")
+    torch.manual_seed(0)
+    for p in net.priors.parameters():
+        p.data.normal_(0, 0.05)
+    start = net.initial(y, 2.0)
+    torch.testing.assert_close(net(y, 2.0, start=start), net(y, 2.0), rtol=0, atol=0)
+    with pytest.raises(LFMError, match="start has shape"):
+        net(y, 2.0, start=start[:, :, :-3])
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [
@@ -150,6 +244,7 @@ def test_batches_of_two_processes_make_the_batch_of_one(tmp_path, small_bank):
         pytest.param({"photons": 300}, r"must be a pair", id="not-a-pair"),
         pytest.param({"point_planes": 1.5}, r"probability", id="probability"),
         pytest.param({"processes": [0.5, 2]}, r"whole numbers", id="fractional-processes"),
+        pytest.param({"reuse": 0}, r"reuse must be ≥ 1", id="reuse-zero"),
     ],
 )
 def test_bad_simulation_tables_are_named(table, message):

@@ -208,6 +208,35 @@ def test_resume_reproduces_an_uninterrupted_run(workspace, monkeypatch):
     assert whole.best["psnr"] == pytest.approx(resumed.best["psnr"])
 
 
+def test_resume_with_reused_simulated_draws_reproduces_an_uninterrupted_run(workspace, monkeypatch):
+    """simulate.reuse = 3 with an RL start: interrupted at step 4 (inside the
+    draw of step 3, whose cached starts the resumed run must rebuild) and
+    resumed to 8 = 8 steps in one go."""
+    from lfm_recon.training.run_folder import RunFolder
+
+    text = CONFIG.replace(
+        "n_layers = 3", 'n_layers = 2\ndata_term = "poisson"\nrl_start = 3\nrl_stop = "holdout"'
+    ).replace("[loss]", "[data.simulate]\nbatch_size = 2\nreuse = 3\nlenslets = 7\n\n[loss]")
+    whole = train(config(workspace, text, output=str(workspace / "reuse-whole")), progress=False)
+    save = RunFolder.save_checkpoint
+
+    def save_then_stop_at_4(folder, state):
+        save(folder, state)
+        if state["step"] == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunFolder, "save_checkpoint", save_then_stop_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(workspace, text, output="reuse-half"), progress=False)
+    monkeypatch.setattr(RunFolder, "save_checkpoint", save)
+    resumed = train(config(workspace, text, output="reuse-half"), resume=True, progress=False)
+    a = torch.load(workspace / "reuse-whole" / "checkpoint.pt", weights_only=True)
+    b = torch.load(workspace / "reuse-half" / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == resumed.step == 8
+    assert_same_state(a["net"], b["net"], rtol=0, atol=0)
+    assert whole.best["psnr"] == pytest.approx(resumed.best["psnr"])
+
+
 def test_existing_run_needs_resume_or_overwrite(workspace):
     cfg = config(workspace, CONFIG.replace("steps = 8", "steps = 2"), output="run-exists")
     train(cfg, progress=False)

@@ -5,9 +5,10 @@ the unpaired volumes the discriminator learns real tissue from
 (``unpaired``).
 
 Everything a step draws comes from its seed and step number alone (each
-part from its own generator), and each process takes its slice of the
-step's global batch: any number of processes, and a resumed run, draw what
-one uninterrupted process would.
+part from its own generator; a simulated draw reused over n steps, from
+the step that drew it), and each process takes its slice of the step's
+global batch: any number of processes, and a resumed run, draw what one
+uninterrupted process would.
 """
 
 from __future__ import annotations
@@ -15,17 +16,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import LFMError
 from ..operator import LightFieldOperator
 from ..psf.bank import PSFBank
 from ..simulator import Simulator
 from ..unfolded import UnfoldedISTA
+from .augment import augment
 from .config import TrainConfig
 from .data import TrainingData
 from .distributed import Processes
 from .sampler import Batch, PatchSampler, join
 from .unpaired import UnpairedVolumes
 
-_HOLDOUT_STREAM, _UNPAIRED_STREAM = 3, 4
+_HOLDOUT_STREAM, _UNPAIRED_STREAM, _REUSE_STREAM = 3, 4, 5
+# The parts of a step's batch, in order (each draws its own hold-out).
+_LABELLED, _SIMULATED, _UNLABELED = 0, 1, 2
 
 
 class BatchSource:
@@ -52,31 +57,56 @@ class BatchSource:
         self.unpaired = (
             UnpairedVolumes(cfg.data.unpaired_volumes, bank) if cfg.data.unpaired_volumes else None
         )
+        self._draw: tuple[tuple, Batch] | None = None  # the simulated draw in use (reuse)
 
-    def batch(self, step: int, processes: Processes) -> Batch:
-        """This process's slice of step ``step``'s batch, on its device."""
+    def batch(self, step: int, processes: Processes, initial=None) -> Batch:
+        """This process's slice of step ``step``'s batch, on its device.
+
+        ``initial``: (y, background, scale, weight) → the network's start x₀
+        (:meth:`~lfm_recon.unfolded.UnfoldedISTA.initial`). Given, every row
+        carries its start (``Batch.start``), and a simulated draw's starts
+        are computed once for all the steps that reuse it (``simulate.reuse``).
+        """
         seed, rank, world = self.cfg.seed, processes.rank, processes.world
         labelled, unlabeled = self.sampler.parts(seed, step, rank, world)
         device = processes.device
-        parts = [None if p is None else p.to(device) for p in (labelled, unlabeled)]
-        simulated = self._simulated(step, rank, world)
-        batch = join(parts[0], simulated, parts[1])
-        holdout = self.cfg.loss.resynthesis_holdout
-        if holdout > 0:
-            sizes = [0 if p is None else len(p.y) * world for p in (parts[0], simulated, parts[1])]
-            hidden = _holdout(seed, step, sizes, batch.y.shape[-2:], holdout, rank, world)
-            hidden = hidden.to(device=device, dtype=batch.y.dtype)
-            batch.data_weight = 1 - hidden
-            batch.lf_weight = batch.lf_weight * hidden
-        return batch
+        labelled, unlabeled = [None if p is None else p.to(device) for p in (labelled, unlabeled)]
+        for part, p in ((_LABELLED, labelled), (_UNLABELED, unlabeled)):
+            if p is not None:
+                self._finish(p, step, part, processes, initial)
+        simulated = self._simulated(step, processes, initial)
+        return join(labelled, simulated, unlabeled)
 
-    def _simulated(self, step: int, rank: int, world: int) -> Batch | None:
+    def _finish(self, p: Batch, step: int, part: int, processes: Processes, initial) -> None:
+        """Give part ``part`` of step ``step``'s batch its re-synthesis
+        hold-out (if any) and, with ``initial``, its starts."""
+        fraction = self.cfg.loss.resynthesis_holdout
+        if fraction > 0:
+            n = len(p.y) * processes.world
+            hidden = _holdout(self.cfg.seed, step, part, n, p.y.shape[-2:], fraction, processes)
+            hidden = hidden.to(device=p.y.device, dtype=p.y.dtype)
+            p.data_weight = 1 - hidden
+            p.lf_weight = p.lf_weight * hidden
+        if initial is not None:
+            p.start = initial(p.y, p.background, p.scale, p.data_weight)
+
+    def _simulated(self, step: int, processes: Processes, initial) -> Batch | None:
+        """The simulated part: step ``step``'s own draw, or with ``reuse`` n
+        the draw of step n·⌊step / n⌋ under the dihedral element that this
+        step's place after it picks (cached from step to step)."""
         if self.simulator is None:
             return None
-        n = self.simulator.ranges.batch_size
-        if n % world:
-            from ..errors import LFMError
+        reuse = self.simulator.ranges.reuse
+        first = step - step % reuse
+        key = (first, processes.rank, processes.world, initial is not None)
+        if self._draw is None or self._draw[0] != key:
+            self._draw = (key, self._draw_simulated(first, processes, initial))
+        code = self._repeat_code(first, step % reuse)
+        return _transformed(self._draw[1], code)
 
+    def _draw_simulated(self, step: int, processes: Processes, initial) -> Batch:
+        n, rank, world = self.simulator.ranges.batch_size, processes.rank, processes.world
+        if n % world:
             raise LFMError(
                 f"simulate.batch_size = {n} cannot be split evenly over {world} processes"
             )
@@ -84,7 +114,7 @@ class BatchSource:
         drawn = self.simulator.draw(self.cfg.seed, step, range(rank * per, (rank + 1) * per))
         b = drawn.background.reshape(-1, 1, 1, 1)
         target = drawn.volumes
-        return Batch(
+        p = Batch(
             y=drawn.y,
             background=b,
             scale=UnfoldedISTA.signal_scale(drawn.y, b),
@@ -92,6 +122,18 @@ class BatchSource:
             target=target,
             volume_weight=torch.ones_like(target[:, :1]),
         )
+        self._finish(p, step, _SIMULATED, processes, initial)
+        return p
+
+    def _repeat_code(self, first: int, k: int) -> int:
+        """The dihedral element of the k-th step after draw ``first`` (0:
+        the draw as drawn): the bank's other allowed elements in an order
+        drawn per draw, cycling if the draw serves more steps than there are."""
+        others = [c for c in self.sampler.codes if c]
+        if k == 0 or not others:
+            return 0
+        rng = np.random.default_rng([self.cfg.seed, first, _REUSE_STREAM])
+        return int(rng.permutation(others)[(k - 1) % len(others)])
 
     def real_volumes(self, step: int, processes: Processes) -> torch.Tensor | None:
         """This process's unpaired crops (n, D, Yv, Xv) on its device, each
@@ -117,15 +159,24 @@ class BatchSource:
         return x / c.clamp_min(torch.finfo(x.dtype).tiny)
 
 
-def _holdout(seed, step, sizes, shape, fraction, rank, world) -> torch.Tensor:
-    """(B, 1, Y, X) 1 on the pixels hidden from the network this step: each
-    part's global mask from its own generator, this process's slice."""
-    masks = []
-    for part, n in enumerate(sizes):
-        if not n:
-            continue
-        rng = np.random.default_rng([seed, step, _HOLDOUT_STREAM, part])
-        hidden = rng.random((n, 1, *shape)) < fraction
-        per = n // world
-        masks.append(hidden[rank * per : (rank + 1) * per])
-    return torch.from_numpy(np.concatenate(masks).astype(np.float32))
+def _holdout(seed, step, part, n, shape, fraction, processes) -> torch.Tensor:
+    """(B, 1, Y, X) 1 on the pixels of part ``part`` of step ``step``'s batch
+    hidden from the network: the part's global mask (n light fields) from its
+    own generator, this process's slice."""
+    rng = np.random.default_rng([seed, step, _HOLDOUT_STREAM, part])
+    hidden = rng.random((n, 1, *shape)) < fraction
+    per = n // processes.world
+    mine = hidden[processes.rank * per : (processes.rank + 1) * per]
+    return torch.from_numpy(mine.astype(np.float32))
+
+
+def _transformed(p: Batch, code: int) -> Batch:
+    """Batch ``p`` under dihedral element ``code`` (per-frame numbers kept)."""
+    if code == 0:
+        return p
+
+    def move(name):
+        t = getattr(p, name)
+        return t if t is None or name in ("background", "scale") else augment(t, code)
+
+    return Batch(*(move(f) for f in p.__dataclass_fields__))

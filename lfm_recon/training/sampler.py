@@ -45,6 +45,9 @@ class Batch:
             the patch, else 0; None when L = 0.
         data_weight: (B, 1, Y, X) the pixels the network's data term may use
             (1) or not (0, held out for the re-synthesis term); None: all.
+        start: (B, D, Yv, Xv) the network's start x₀ of each light field
+            (:meth:`~lfm_recon.unfolded.UnfoldedISTA.initial`), or None: the
+            network computes it.
     """
 
     y: torch.Tensor
@@ -54,6 +57,7 @@ class Batch:
     target: torch.Tensor | None = None
     volume_weight: torch.Tensor | None = None
     data_weight: torch.Tensor | None = None
+    start: torch.Tensor | None = None
 
     @property
     def n_labelled(self) -> int:
@@ -224,7 +228,12 @@ def join(*parts: Batch | None) -> Batch:
         )
 
     def cat(name):
-        return torch.cat([getattr(p, name) for p in ordered])
+        values = [getattr(p, name) for p in ordered]
+        if all(v is None for v in values):
+            return None
+        if any(v is None for v in values):  # a bug, not a user error
+            raise RuntimeError(f"join: some parts of the batch have {name}, some do not")
+        return torch.cat(values)
 
     return Batch(
         y=cat("y"),
@@ -233,6 +242,8 @@ def join(*parts: Batch | None) -> Batch:
         lf_weight=cat("lf_weight"),
         target=torch.cat([p.target for p in labelled]) if labelled else None,
         volume_weight=torch.cat([p.volume_weight for p in labelled]) if labelled else None,
+        data_weight=cat("data_weight"),
+        start=cat("start"),
     )
 
 

@@ -212,7 +212,8 @@ class _Trainer:
             last = self.step == cfg.optim.steps or stop
             if self.step % cfg.steps_per_epoch == 0 or last:
                 # Where a step's time goes: drawing the batch (host side,
-                # simulation included) against the whole step.
+                # simulation included, and the RL starts of reused
+                # simulated draws) against the whole step.
                 n = len(epoch_losses)
                 timing = {
                     "seconds_per_step": (time.perf_counter() - epoch_start) / n,
@@ -236,11 +237,13 @@ class _Trainer:
         if self.adversary is not None:
             self.adversary.set_learning_rate(factor)
         drawn = time.perf_counter()
-        batch = self.batches.batch(self.step, processes)
+        batch = self.batches.batch(self.step, processes, self._initial)
         self._batch_seconds += time.perf_counter() - drawn
         c = batch.scale
         with self._precision():
-            x = self.model(batch.y, batch.background, scale=c, weight=batch.data_weight)
+            x = self.model(
+                batch.y, batch.background, scale=c, weight=batch.data_weight, start=batch.start
+            )
             xn = x.float() / c
         n_l = batch.n_labelled
         terms: dict[str, torch.Tensor] = {}
@@ -273,6 +276,21 @@ class _Trainer:
         out = {k: float(v.detach()) for k, v in terms.items()}
         out["total"] = float(total.detach())
         return out
+
+    @property
+    def _initial(self):
+        """The network's start for the batch source when simulated draws are
+        reused (their RL start then runs once per draw), else None (the
+        network computes its start in its forward pass)."""
+        sim = self.cfg.data.simulate
+        if sim is None or sim.reuse == 1:
+            return None
+
+        def initial(y, background, scale, weight):
+            with self._precision():
+                return self.net.initial(y, background, scale=scale, weight=weight)
+
+        return initial
 
     def _diverged(self, terms: dict) -> None:
         values = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in terms.items())
