@@ -177,12 +177,12 @@ def test_training_improves_on_ista_and_writes_a_model(workspace, small_bank):
     assert len(lines) == 3 and '"val_psnr"' in lines[0]
 
 
-def test_resume_reproduces_an_uninterrupted_run(workspace, monkeypatch):
-    """8 steps in one go = interrupted after the step-4 checkpoint, then
-    --resume to 8 (cosine schedule and adversarial stage included)."""
+def _whole_and_resumed(workspace, monkeypatch, text, name):
+    """Train 8 steps in one go, and again interrupted after the step-4
+    checkpoint then resumed to 8: both results and both last checkpoints."""
     from lfm_recon.training.run_folder import RunFolder
 
-    whole = train(config(workspace, output=str(workspace / "run-whole")), progress=False)
+    whole = train(config(workspace, text, output=str(workspace / f"{name}-whole")), progress=False)
     save = RunFolder.save_checkpoint
 
     def save_then_stop_at_4(folder, state):
@@ -192,49 +192,37 @@ def test_resume_reproduces_an_uninterrupted_run(workspace, monkeypatch):
 
     monkeypatch.setattr(RunFolder, "save_checkpoint", save_then_stop_at_4)
     with pytest.raises(KeyboardInterrupt):
-        train(config(workspace, output="run-half"), progress=False)
+        train(config(workspace, text, output=f"{name}-half"), progress=False)
     monkeypatch.setattr(RunFolder, "save_checkpoint", save)
-    assert torch.load(workspace / "run-half" / "checkpoint.pt", weights_only=True)["step"] == 4
-    resumed = train(config(workspace, output="run-half"), resume=True, progress=False)
-    assert resumed.step == 8
-    a = torch.load(workspace / "run-whole" / "checkpoint.pt", weights_only=True)
-    b = torch.load(workspace / "run-half" / "checkpoint.pt", weights_only=True)
-    assert a["step"] == b["step"] == 8
+    half = workspace / f"{name}-half" / "checkpoint.pt"
+    assert torch.load(half, weights_only=True)["step"] == 4
+    resumed = train(config(workspace, text, output=f"{name}-half"), resume=True, progress=False)
+    a = torch.load(workspace / f"{name}-whole" / "checkpoint.pt", weights_only=True)
+    b = torch.load(half, weights_only=True)
+    assert a["step"] == b["step"] == resumed.step == 8
     assert_same_state(a["net"], b["net"], rtol=0, atol=0)
+    assert whole.best["psnr"] == pytest.approx(resumed.best["psnr"])
+    return a, b
+
+
+def test_resume_reproduces_an_uninterrupted_run(workspace, monkeypatch):
+    """8 steps in one go = interrupted after the step-4 checkpoint, then
+    --resume to 8 (cosine schedule and adversarial stage included)."""
+    a, b = _whole_and_resumed(workspace, monkeypatch, CONFIG, "run")
     for key in a["adversary"]["disc"]:
         torch.testing.assert_close(
             a["adversary"]["disc"][key], b["adversary"]["disc"][key], rtol=0, atol=0
         )
-    assert whole.best["psnr"] == pytest.approx(resumed.best["psnr"])
 
 
 def test_resume_with_reused_simulated_draws_reproduces_an_uninterrupted_run(workspace, monkeypatch):
     """simulate.reuse = 3 with an RL start: interrupted at step 4 (inside the
     draw of step 3, whose cached starts the resumed run must rebuild) and
     resumed to 8 = 8 steps in one go."""
-    from lfm_recon.training.run_folder import RunFolder
-
     text = CONFIG.replace(
         "n_layers = 3", 'n_layers = 2\ndata_term = "poisson"\nrl_start = 3\nrl_stop = "holdout"'
     ).replace("[loss]", "[data.simulate]\nbatch_size = 2\nreuse = 3\nlenslets = 7\n\n[loss]")
-    whole = train(config(workspace, text, output=str(workspace / "reuse-whole")), progress=False)
-    save = RunFolder.save_checkpoint
-
-    def save_then_stop_at_4(folder, state):
-        save(folder, state)
-        if state["step"] == 4:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunFolder, "save_checkpoint", save_then_stop_at_4)
-    with pytest.raises(KeyboardInterrupt):
-        train(config(workspace, text, output="reuse-half"), progress=False)
-    monkeypatch.setattr(RunFolder, "save_checkpoint", save)
-    resumed = train(config(workspace, text, output="reuse-half"), resume=True, progress=False)
-    a = torch.load(workspace / "reuse-whole" / "checkpoint.pt", weights_only=True)
-    b = torch.load(workspace / "reuse-half" / "checkpoint.pt", weights_only=True)
-    assert a["step"] == b["step"] == resumed.step == 8
-    assert_same_state(a["net"], b["net"], rtol=0, atol=0)
-    assert whole.best["psnr"] == pytest.approx(resumed.best["psnr"])
+    _whole_and_resumed(workspace, monkeypatch, text, "reuse")
 
 
 def test_existing_run_needs_resume_or_overwrite(workspace):
