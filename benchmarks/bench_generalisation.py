@@ -39,7 +39,8 @@ scaling, pooled detection F1):
 * ``fixed``: the old recipe: the network trained (supervised) on a fixed set
   of the package family (16 volumes + 16 unlabeled light fields).
 * ``sup``: the network trained (supervised) on randomised simulation only
-  (``[data.simulate]``, the package's recipe now).
+  (``[data.simulate]``, each draw serving 2 steps under the bank's flips
+  and transposes, 1200 steps: the package's recipe now).
 * ``+res``: ``sup`` fine-tuned on the family's unlabeled light fields
   (Poisson re-synthesis with a pixel hold-out), simulation continuing.
 * ``+adv``: as ``+res`` plus the family's unpaired volumes in an
@@ -60,7 +61,7 @@ can run in a later process.
 Each network run is repeated for ``--seeds`` seeds; tables give mean ± half
 the spread (max − min)/2. Times per volume are measured in this process.
 
-    python -m benchmarks.bench_generalisation --folder F [--steps 600] [--finetune 60]
+    python -m benchmarks.bench_generalisation --folder F [--steps 1200] [--finetune 60]
         [--seeds 0,1,2] [--only fixed,sup,res,adv,tta] [--json out.json]
     python -m benchmarks.bench_generalisation --folder F --summarise out-*.json
 
@@ -143,7 +144,7 @@ MODEL = {
 }
 # Settings that act at inference only: a reused network takes the recipe's.
 INFERENCE_ONLY = ("holdout_guard", "holdout_antialias")
-SIMULATE = {"batch_size": 4, "validation": 8}
+SIMULATE = {"batch_size": 4, "validation": 8, "reuse": 2}  # a draw serves 2 steps
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -317,7 +318,7 @@ def run_training(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", required=True, help="cache of data sets, RL figures and runs")
-    parser.add_argument("--steps", type=int, default=600, help="steps of each base training")
+    parser.add_argument("--steps", type=int, default=1200, help="steps of each base training")
     parser.add_argument("--finetune", type=int, default=60, help="steps of each fine-tuning")
     parser.add_argument("--adapt-steps", type=int, default=30)
     parser.add_argument("--seeds", default="0,1,2")
@@ -344,7 +345,7 @@ def main() -> None:
     parser.add_argument(
         "--simulate",
         default="{}",
-        help="JSON changes to [data.simulate], e.g. '{\"reuse\": 2}'",
+        help="JSON changes to [data.simulate], e.g. '{\"reuse\": 1}' (fresh draws every step)",
     )
     parser.add_argument(
         "--optim", default="{}", help="JSON changes to the optimiser, e.g. '{\"prior_lr\": 2e-3}'"

@@ -5,8 +5,9 @@
 2. The unfolded network of the package's recipe (accelerated RL stopped
    frame by frame at its least held-out deviance, then 8 learned layers):
    by default the pretrained one shipped with the package
-   (``pretrained/demo_network.pt``: 600 steps, 37 min of CPU, on randomised
-   simulation only, never on the sample), bound to the sample's bank; with
+   (``pretrained/demo_network.pt``: 1200 steps, each simulated draw serving
+   two, 47 min at one thread of a busy 2-core CPU, on randomised simulation
+   only, never on the sample), bound to the sample's bank; with
    ``budget`` > 0 one trained from scratch for that many CPU seconds
    (cached per recipe and budget with the sample): supervised on 8 of the
    paired samples and on simulation drawn fresh every step
