@@ -92,7 +92,7 @@ class AdaptConfig:
 def adapt(
     net: UnfoldedISTA,
     frames,
-    background: float = 0.0,
+    background=0.0,
     config: AdaptConfig | None = None,
     *,
     progress: bool = False,
@@ -102,7 +102,7 @@ def adapt(
     Args:
         net: a trained network (not changed).
         frames: (T, Y, X) or (T, 1, Y, X) rectified light fields, counts.
-        background: counts per pixel.
+        background: counts per pixel: one number, or one per frame (T,).
         config: :class:`AdaptConfig` (default: its defaults).
         progress: print one line per check.
 
@@ -119,8 +119,15 @@ def adapt(
         y = y[:, None]
     if y.ndim != 4 or y.shape[1] != 1:
         raise LFMError(f"frames must be (T, Y, X) or (T, 1, Y, X), got {tuple(y.shape)}")
-    net.normalise(y[:1], background)  # checks size, NaN and background with clear errors
+    b = np.asarray(background, dtype=np.float32)
+    if b.ndim and b.size != len(y):
+        raise LFMError(
+            f"background must be one number or one per frame ({len(y)}), got {b.size} values"
+        )
+    b = b.reshape(-1) if b.ndim else np.full(len(y), b, np.float32)
     picked = spread(len(y), cfg.frames)
+    # checks size, NaN and background with clear errors
+    net.normalise(y[picked], torch.from_numpy(b[picked]).reshape(-1, 1, 1, 1))
     op = net.op
     device = op.device
     nnum, s = op.nnum, op.voxels_per_lenslet
@@ -132,7 +139,7 @@ def adapt(
             f"adapt patch_lenslets = {patch} leaves no part of a patch that its light field"
             f" explains; use more than {2 * margin} lenslets, or 0 for whole frames"
         )
-    frameset = frame_set("recording", y[picked].numpy(), background)
+    frameset = frame_set("recording", y[picked].numpy(), b[picked])
     tuned = copy.deepcopy(net).train()
     params = tuned.scalar_parameters()
     prior = []
@@ -176,7 +183,7 @@ def adapt(
     record = {
         "config": asdict(cfg),
         "frames_used": [int(i) for i in picked],
-        "background": float(background),
+        "background": float(background) if np.ndim(background) == 0 else b.tolist(),
         "held_out_deviance_before": before,
         "held_out_deviance_after": best_loss,
         "step_kept": best_step,

@@ -179,6 +179,28 @@ def test_adaptation_improves_the_held_out_fit(small_bank, frames):
     assert float(net.threshold_raw[0, 0]) == 3.0
 
 
+def test_adapt_takes_one_background_per_frame(small_bank, frames):
+    """Per-frame backgrounds that are all equal adapt exactly as the one
+    number does; a count that does not match the frames is named."""
+    from lfm_recon.adapt import AdaptConfig, adapt
+
+    net = UnfoldedISTA(LightFieldOperator(small_bank), 2, data_term="poisson")
+    cfg = AdaptConfig(steps=3, check_every=1, lr=0.05)
+    one, rec_one = adapt(net, frames, 2.0, cfg)
+    each, rec_each = adapt(net, frames, np.full(len(frames), 2.0), cfg)
+    assert rec_each["background"] == [2.0] * len(frames)
+    assert rec_each["held_out_deviance_after"] == rec_one["held_out_deviance_after"]
+    for a, b in zip(one.parameters(), each.parameters(), strict=True):
+        assert torch.equal(a, b)
+    varied = np.linspace(0.0, 4.0, len(frames))  # and the per-frame values are used
+    other = adapt(net, frames, varied, cfg)[1]
+    assert other["held_out_deviance_before"] != rec_each["held_out_deviance_before"]
+    with pytest.raises(LFMError, match="one per frame"):
+        adapt(net, frames, [2.0, 2.0], cfg)
+    with pytest.raises(LFMError, match="background"):
+        adapt(net, frames, np.full(len(frames), np.nan), cfg)
+
+
 def test_adapt_cli_writes_a_model_that_records_it(tmp_path, small_bank, frames):
     net = UnfoldedISTA(LightFieldOperator(small_bank), 2, data_term="poisson")
     save_model(net, tmp_path / "model.pt", training={"note": "trained"})
