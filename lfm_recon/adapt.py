@@ -119,12 +119,12 @@ def adapt(
         y = y[:, None]
     if y.ndim != 4 or y.shape[1] != 1:
         raise LFMError(f"frames must be (T, Y, X) or (T, 1, Y, X), got {tuple(y.shape)}")
-    b = np.asarray(background, dtype=np.float32)
-    if b.ndim and b.size != len(y):
+    b = np.asarray(background, dtype=np.float32).reshape(-1)
+    if b.size not in (1, len(y)):
         raise LFMError(
             f"background must be one number or one per frame ({len(y)}), got {b.size} values"
         )
-    b = b.reshape(-1) if b.ndim else np.full(len(y), b, np.float32)
+    b = np.broadcast_to(b, (len(y),))
     picked = spread(len(y), cfg.frames)
     # checks size, NaN and background with clear errors
     net.normalise(y[picked], torch.from_numpy(b[picked]).reshape(-1, 1, 1, 1))
@@ -183,7 +183,7 @@ def adapt(
     record = {
         "config": asdict(cfg),
         "frames_used": [int(i) for i in picked],
-        "background": float(background) if np.ndim(background) == 0 else b.tolist(),
+        "background": float(b[0]) if np.size(background) == 1 else b.tolist(),
         "held_out_deviance_before": before,
         "held_out_deviance_after": best_loss,
         "step_kept": best_step,

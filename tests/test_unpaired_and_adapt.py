@@ -195,6 +195,9 @@ def test_adapt_takes_one_background_per_frame(small_bank, frames):
     varied = np.linspace(0.0, 4.0, len(frames))  # and the per-frame values are used
     other = adapt(net, frames, varied, cfg)[1]
     assert other["held_out_deviance_before"] != rec_each["held_out_deviance_before"]
+    same = adapt(net, frames, np.array([2.0]), cfg)[1]  # one value in an array: the number
+    assert same["background"] == 2.0
+    assert same["held_out_deviance_after"] == rec_one["held_out_deviance_after"]
     with pytest.raises(LFMError, match="one per frame"):
         adapt(net, frames, [2.0, 2.0], cfg)
     with pytest.raises(LFMError, match="background"):
