@@ -321,7 +321,7 @@ def main() -> None:
     parser.add_argument("--folder", required=True, help="cache of data sets, RL figures and runs")
     parser.add_argument("--steps", type=int, default=1200, help="steps of each base training")
     parser.add_argument("--finetune", type=int, default=60, help="steps of each fine-tuning")
-    parser.add_argument("--adapt-steps", type=int, default=30)
+    parser.add_argument("--adapt-steps", type=int, default=50, help="(the package's default)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--only", default="fixed,sup,res,adv,tta")
     parser.add_argument("--families", default=",".join(FAMILIES))
@@ -350,6 +350,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--optim", default="{}", help="JSON changes to the optimiser, e.g. '{\"prior_lr\": 2e-3}'"
+    )
+    parser.add_argument(
+        "--adapt",
+        default="{}",
+        help='JSON changes to AdaptConfig, e.g. \'{"parameters": "scalars"}\'',
     )
     parser.add_argument("--tag", default="", help="names a variant's methods and run folders")
     args = parser.parse_args()
@@ -455,7 +460,9 @@ def main() -> None:
                     base,
                     fam["test"].lightfields,
                     np.asarray(fam["background"]).reshape(-1),  # per frame on the simulator's
-                    AdaptConfig(steps=args.adapt_steps, seed=seed),
+                    AdaptConfig(
+                        **{"steps": args.adapt_steps, "seed": seed, **json.loads(args.adapt)}
+                    ),
                 )
                 record("+tta", seed, tuned, time.perf_counter() - start, [n])
             if n == IN_DISTRIBUTION:  # no unlabeled or unpaired sets: no +res, +adv
