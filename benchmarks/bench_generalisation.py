@@ -352,6 +352,11 @@ def main() -> None:
         "--optim", default="{}", help="JSON changes to the optimiser, e.g. '{\"prior_lr\": 2e-3}'"
     )
     parser.add_argument(
+        "--tune-optim",
+        default="{}",
+        help="JSON changes to the optimiser of +res/+adv, e.g. '{\"lr\": 0.002}'",
+    )
+    parser.add_argument(
         "--adapt",
         default="{}",
         help='JSON changes to AdaptConfig, e.g. \'{"parameters": "scalars"}\'',
@@ -452,6 +457,7 @@ def main() -> None:
         if "sup" in parts:
             record("sup", seed, base, secs)
         tune = {"init_model": str(trained)}
+        tune_optim = json.loads(args.tune_optim)
         for n in names:
             fam = fams[n]
             if "tta" in parts:
@@ -476,14 +482,30 @@ def main() -> None:
             }
             if "res" in parts:
                 net, secs = run_training(
-                    folder, f"res{tag}-{n}", seed, args.finetune, unlabeled, semi, model, **tune
+                    folder,
+                    f"res{tag}-{n}",
+                    seed,
+                    args.finetune,
+                    unlabeled,
+                    semi,
+                    model,
+                    tune_optim,
+                    **tune,
                 )
                 record("+res", seed, net, secs, [n])
             if "adv" in parts:
                 adv = {**unlabeled, "unpaired_volumes": [str(fam["volumes_file"])]}
                 loss = {**semi, "adversarial": 0.02}
                 net, secs = run_training(
-                    folder, f"adv{tag}-{n}", seed, args.finetune, adv, loss, model, **tune
+                    folder,
+                    f"adv{tag}-{n}",
+                    seed,
+                    args.finetune,
+                    adv,
+                    loss,
+                    model,
+                    tune_optim,
+                    **tune,
                 )
                 record("+adv", seed, net, secs, [n])
     save()
