@@ -92,7 +92,7 @@ class AdaptConfig:
 def adapt(
     net: UnfoldedISTA,
     frames,
-    background=0.0,
+    background: float | np.ndarray = 0.0,
     config: AdaptConfig | None = None,
     *,
     progress: bool = False,
@@ -102,7 +102,8 @@ def adapt(
     Args:
         net: a trained network (not changed).
         frames: (T, Y, X) or (T, 1, Y, X) rectified light fields, counts.
-        background: counts per pixel: one number, or one per frame (T,).
+        background: counts per pixel: one number, or one per frame (T,);
+            the record keeps those of the frames used.
         config: :class:`AdaptConfig` (default: its defaults).
         progress: print one line per check.
 
@@ -124,6 +125,7 @@ def adapt(
         raise LFMError(
             f"background must be one number or one per frame ({len(y)}), got {b.size} values"
         )
+    one_background = b.size == 1
     b = np.broadcast_to(b, (len(y),))
     picked = spread(len(y), cfg.frames)
     # checks size, NaN and background with clear errors
@@ -183,7 +185,7 @@ def adapt(
     record = {
         "config": asdict(cfg),
         "frames_used": [int(i) for i in picked],
-        "background": float(b[0]) if np.size(background) == 1 else b.tolist(),
+        "background": float(b[0]) if one_background else b[picked].tolist(),  # as frames_used
         "held_out_deviance_before": before,
         "held_out_deviance_after": best_loss,
         "step_kept": best_step,
