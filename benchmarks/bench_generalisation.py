@@ -142,9 +142,10 @@ MODEL = {
     "rl_stop": "holdout",
     "holdout_guard": 1.15,
     "holdout_antialias": True,
+    "holdout_refit": "all",
 }
 # Settings that act at inference only: a reused network takes the recipe's.
-INFERENCE_ONLY = ("holdout_guard", "holdout_antialias")
+INFERENCE_ONLY = ("holdout_guard", "holdout_antialias", "holdout_refit")
 SIMULATE = {"batch_size": 4, "validation": 8, "reuse": 2}  # a draw serves 2 steps
 
 

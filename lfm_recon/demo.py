@@ -67,6 +67,7 @@ def _recipe(folder: Path, budget: float) -> dict:
             "rl_stop": "holdout",
             "holdout_guard": 1.15,
             "holdout_antialias": True,
+            "holdout_refit": "all",
         },
         "data": {
             "train": str(folder / "data.h5"),

@@ -69,6 +69,7 @@ SNR_REFERENCE = 3.0  # a noise_aware network's gains are 1 at this snr (mid trai
 PRIORS = ("none", "cnn", "unet")
 STARTS = ("auto", "zero", "adjoint", "uniform")
 RL_STOPS = ("fixed", "holdout")
+REFITS = ("none", "layers", "all")
 GUARD_STEPS = 16  # the guard's blends α = 0, 1/16, …, 1
 
 
@@ -132,6 +133,13 @@ class UnfoldedConfig:
             held-out pixels show when it does (there the deviance rises 30 %
             to 100 %; elsewhere it rises 0 % to 14 %). After a call,
             ``guard_antialiased`` (B,) bool holds which frames took it.
+        holdout_refit: with the guard, at inference: ``"none"``, or once the
+            held-out pixels have served the decisions (each frame's RL stop,
+            blend α and filter), run again on every pixel with the same
+            decisions: ``"layers"`` the layers from the same start (8 more
+            layers), ``"all"`` the RL start too, each frame for the
+            iterations it stopped at (about twice the time). The held-out
+            1/8 of pixels is then not lost to the volume.
         noise_aware: the layers see the frame's signal-to-noise ratio
             (:meth:`UnfoldedISTA.snr`, photons): layer k scales its step,
             its thresholds and its prior's correction (if any) by
@@ -163,6 +171,7 @@ class UnfoldedConfig:
     rl_stop: str = "fixed"
     holdout_guard: float = 0.0
     holdout_antialias: bool = False
+    holdout_refit: str = "none"
     noise_aware: bool = False
     start: str = "auto"
     lam_fraction: float = 0.01
@@ -176,6 +185,7 @@ class UnfoldedConfig:
             ("prior", self.prior, PRIORS),
             ("start", self.start, STARTS),
             ("rl_stop", self.rl_stop, RL_STOPS),
+            ("holdout_refit", self.holdout_refit, REFITS),
         ):
             if value not in allowed:
                 raise LFMError(f"model {name} must be one of {allowed}, got {value!r}")
@@ -208,6 +218,11 @@ class UnfoldedConfig:
             raise LFMError(
                 "holdout_antialias is the held-out guard's second check: set holdout_guard"
                 " (e.g. 1.15) too"
+            )
+        if self.holdout_refit != "none" and not guard:
+            raise LFMError(
+                "holdout_refit repeats the network on every pixel after the held-out guard's"
+                " decisions: set holdout_guard (e.g. 1.15) too"
             )
         if self.rl_start and self.resolved_start != "uniform":
             raise LFMError(
@@ -430,29 +445,45 @@ class UnfoldedISTA(nn.Module):
         → the volume in normalised units (multiply by c for photons).
         ``weight``, ``start``: see :meth:`forward`; ``snr``: (B, 1, 1, 1),
         needed by a ``noise_aware`` network (:meth:`snr`)."""
-        op, cfg = self.op, self.config
-        steps, lams = self.steps(), self.thresholds()
+        cfg = self.config
         gains = None
         if cfg.noise_aware:
             if snr is None:
                 raise LFMError("a noise_aware network needs the frames' snr (call the network)")
             # (B, n_layers, 3): (snr / 3)^γ for step, threshold and prior.
             gains = torch.exp(self.snr_gamma * (snr.reshape(-1, 1, 1) / SNR_REFERENCE).log())
-        poisson = cfg.data_term == "poisson"
-        tiny = torch.finfo(y.dtype).tiny
         self.guard_blend = torch.ones(len(y), dtype=y.dtype, device=y.device)
         self.guard_antialiased = torch.zeros(len(y), dtype=torch.bool, device=y.device)
-        x = self._initial(y, b, weight) if start is None else self._given_start(start, y)
+        given = start is not None
+        x = self._given_start(start, y) if given else self._initial(y, b, weight)
         # The guard acts at inference only: training sees the plain network.
-        x_start, held, guard = x, None, bool(cfg.holdout_guard) and not self.training
-        sens = None
-        if guard:  # the layers leave the held-out pixels to the guard too
-            mask = self.holdout_mask(y)
-            if weight is None:
-                held, weight = mask, 1 - mask
-                sens = self._sensitivity(y, holdout=True) if poisson else None
-            else:
-                held, weight = mask * weight, (1 - mask) * weight
+        if not (cfg.holdout_guard and not self.training):
+            return self._iterate(x, y, b, weight, gains)
+        # The layers leave the held-out pixels to the guard too.
+        mask, sens = self.holdout_mask(y), None
+        if weight is None:
+            held, kept = mask, 1 - mask
+            if cfg.data_term == "poisson":
+                sens = self._sensitivity(y, holdout=True)
+        else:
+            held, kept = mask * weight, (1 - mask) * weight
+        x_start = x
+        x = self._guard(self._iterate(x, y, b, kept, gains, sens), x_start, y, b, held)
+        if cfg.holdout_refit == "none":
+            return x
+        # The decisions are made; the second pass uses every pixel.
+        if cfg.holdout_refit == "all" and not given:
+            x_start = self._rl_every_pixel(y, b, weight, self.rl_iterations)
+        return self._apply_guard(self._iterate(x_start, y, b, weight, gains), x_start)
+
+    def _iterate(self, x, y, b, weight, gains, sens=None) -> torch.Tensor:
+        """The unfolded layers from x (None: zero) on normalised inputs,
+        pixels weighted by ``weight`` (None: all count); ``sens`` = Hᵀweight
+        if known (poisson); ``gains``: the noise-aware gains or None."""
+        op, cfg = self.op, self.config
+        steps, lams = self.steps(), self.thresholds()
+        poisson = cfg.data_term == "poisson"
+        tiny = torch.finfo(y.dtype).tiny
         if poisson:
             # Hᵀw: the sensitivity of each voxel to the pixels that count.
             if sens is None:
@@ -486,8 +517,6 @@ class UnfoldedISTA(nn.Module):
                 else:
                     v = v + prior_gain * self.priors[k](v)
             x = threshold(v, mu * lam)
-        if guard:
-            x = self._guard(x, x_start, y, b, held)
         return x
 
     def _guard(self, x, x_start, y, b, held) -> torch.Tensor:
@@ -522,6 +551,35 @@ class UnfoldedISTA(nn.Module):
             dev_x = dev.gather(1, chosen.reshape(-1, 1)).reshape(-1)
             self.guard_antialiased = dev_f <= self.config.holdout_guard * dev_x
         return torch.where(self.guard_antialiased.reshape(-1, 1, 1, 1), filtered, x)
+
+    def _apply_guard(self, x, x_start) -> torch.Tensor:
+        """The guard's decisions made (``guard_blend``, ``guard_antialiased``)
+        applied to another pass's layers x and start."""
+        a = self.guard_blend.reshape(-1, 1, 1, 1)
+        x = a * x + (1 - a) * x_start
+        if not self.guard_antialiased.any():
+            return x
+        return torch.where(self.guard_antialiased.reshape(-1, 1, 1, 1), self.antialias_filter(x), x)
+
+    @torch.no_grad()
+    def _rl_every_pixel(self, y, b, weight, counts) -> torch.Tensor:
+        """The RL start again on every pixel (``weight``), each frame for the
+        iterations its held-out stop chose (``counts`` (B,))."""
+        op, x0 = self.op, self._start(y, b)
+        sens = self._sensitivity(y) if weight is None else op.backproject(weight)
+        out = torch.empty_like(x0)
+
+        def rows_of(t, rows):  # a per-frame tensor's rows; a shared one as it is
+            return t[rows] if torch.is_tensor(t) and t.dim() and t.shape[0] == len(y) > 1 else t
+
+        for n in counts.unique().tolist():
+            rows = torch.nonzero(counts == n).flatten()
+            out[rows], _ = rl_iterations(
+                op.project, op.backproject, x0[rows], y[rows], rows_of(b, rows), int(n),
+                sensitivity=rows_of(sens, rows), accelerate=self.config.rl_accelerate,
+                weight=rows_of(weight, rows),
+            )  # fmt: skip
+        return out
 
     @property
     def antialias_filter(self) -> AntiAliasFilter:

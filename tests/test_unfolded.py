@@ -236,13 +236,17 @@ def _held_deviance(op, x, y, b, mask) -> np.ndarray:
 
 
 def _guarded(
-    op, tolerance: float, like: UnfoldedISTA | None = None, antialias: bool = False
+    op,
+    tolerance: float,
+    like: UnfoldedISTA | None = None,
+    antialias: bool = False,
+    refit: str = "none",
 ) -> UnfoldedISTA:
     """A network whose (randomised) layers move its RL start a long way, or
     ``like``'s network with another tolerance (0: no guard)."""
     if like is not None:
         config = dataclasses.replace(
-            like.config, holdout_guard=tolerance, holdout_antialias=antialias
+            like.config, holdout_guard=tolerance, holdout_antialias=antialias, holdout_refit=refit
         )
         net = UnfoldedISTA(op, config=config)
         net.load_state_dict(like.state_dict())
@@ -332,6 +336,83 @@ def test_guard_anti_aliases_the_frames_whose_held_out_light_allows_it(small_bank
     assert (filtered - x_plain).abs().max() > 1e3 * allowed
 
 
+@pytest.mark.parametrize("refit", ["layers", "all"])
+def test_refit_is_richardson_lucy_on_every_pixel_after_the_held_out_stop(op, refit):
+    """Untrained Poisson layers are RL iterations (μ = 1, λ ≈ 0, ε = 0), so
+    with the guard never binding the refit's volume is the solver's RL on
+    every pixel: 'layers' — 3 iterations from the network's held-out-stopped
+    start; 'all' — each frame's held-out stop count plus 3, from the uniform
+    start. Without a refit the layers skip the held-out pixels: a different
+    answer (the test can fail)."""
+    from lfm_recon.solvers import richardson_lucy
+
+    b = 5.0  # at 10 photons plain RL's held-out stops come apart within 60 iterations
+    data = simulate_dataset(op.bank, 3, 0, lenslets=(7, 8), photons=10.0, background=b, seed=5)
+    y = torch.from_numpy(data.lightfields)
+    nets = {}
+    for kind in ("none", refit):
+        nets[kind] = UnfoldedISTA(
+            op, 3, data_term="poisson", em_floor=0.0, rl_start=60, rl_stop="holdout",
+            holdout_guard=1e30, holdout_refit=kind,
+        ).eval()  # fmt: skip
+        with torch.no_grad():
+            nets[kind].threshold_raw.fill_(-60.0)
+    with torch.no_grad():
+        x, x_none = nets[refit](y, b), nets["none"](y, b)
+        # The stop itself is tested against the solver's above; at 10 photons
+        # the held-out curve is flat enough that rounding moves its minimum.
+        stops = nets[refit].rl_iterations
+        assert len(set(stops.tolist())) > 1  # frames stop apart: the refit groups them
+        c = UnfoldedISTA.signal_scale(y, torch.tensor(b))
+        start = nets[refit].initial(y, b) * c
+        if refit == "layers":
+            expected = richardson_lucy(op, y, 3, background=b, x0=start)
+        else:
+            x0 = _uniform_start(op, y, b).expand_as(start)
+            expected = torch.cat([
+                richardson_lucy(op, y[i : i + 1], int(n) + 3, background=b, x0=x0[i : i + 1])
+                for i, n in enumerate(stops)
+            ])  # fmt: skip
+    assert nets[refit].guard_blend.tolist() == [1.0] * len(y)
+    tol = dict(rtol=1e-4, atol=1e-5 * float(expected.max()))
+    torch.testing.assert_close(x, expected, **tol)
+    assert (x_none - expected).abs().max() > 1e2 * tol["atol"]
+
+
+def test_refit_keeps_the_guards_decisions(small_bank, op):
+    """holdout_refit = 'layers': the same blends α and filter choices as
+    without it, applied to the layers run again on every pixel from the
+    same start (the plain network given that start)."""
+    b = 5.0
+    data = simulate_dataset(small_bank, 4, 0, lenslets=(7, 8), photons=300.0, background=b, seed=5)
+    y = torch.from_numpy(data.lightfields)
+    free = _guarded(op, 1e30)
+    with torch.no_grad():
+        x_free, start = free(y, b), free.initial(y, b)
+        c = UnfoldedISTA.signal_scale(y, torch.tensor(b))
+    mask = free.holdout_mask(y)
+    ratio = _held_deviance(op, 0.5 * (x_free + start * c), y, b, mask) / _held_deviance(
+        op, start * c, y, b, mask
+    )
+    tolerance = float(np.median(ratio))  # some frames blend half way or more, some less
+    guarded = _guarded(op, tolerance, like=free, antialias=True)
+    refit = _guarded(op, tolerance, like=free, antialias=True, refit="layers")
+    plain = _guarded(op, 0.0, like=free)
+    with torch.no_grad():
+        x_guarded, x = guarded(y, b), refit(y, b)
+        layers = plain(y, b, start=start)
+    alpha = guarded.guard_blend
+    assert refit.guard_blend.tolist() == alpha.tolist()
+    assert refit.guard_antialiased.tolist() == guarded.guard_antialiased.tolist()
+    assert float(alpha.max()) > 0 and len(set(alpha.tolist())) > 1
+    a = alpha.reshape(-1, 1, 1, 1)
+    blend = a * layers + (1 - a) * start * c
+    filtered = AntiAliasFilter.for_operator(op)(blend)
+    expected = torch.where(refit.guard_antialiased.reshape(-1, 1, 1, 1), filtered, blend)
+    torch.testing.assert_close(x, expected, rtol=1e-4, atol=1e-5 * float(x.max()))
+    assert (x - x_guarded).abs().max() > 1e-3 * float(x.max())
+
+
 def test_guard_acts_at_inference_only(small_bank, op, lightfields):
     """In training mode the guarded network is the plain one (the same
     weights, no guard, no filter): the guard never shapes what the layers
@@ -398,6 +479,10 @@ def test_bad_inputs(op, lightfields):
         UnfoldedConfig(data_term="poisson", rl_start=5, holdout_guard=1.15)
     with pytest.raises(LFMError, match="set holdout_guard"):
         UnfoldedConfig(**holdout, holdout_antialias=True)
+    with pytest.raises(LFMError, match="set holdout_guard"):
+        UnfoldedConfig(**holdout, holdout_refit="all")
+    with pytest.raises(LFMError, match="holdout_refit must be one of"):
+        UnfoldedConfig(**holdout, holdout_guard=1.15, holdout_refit="twice")
     with pytest.raises(LFMError, match="holdout_antialias must be true or false"):
         UnfoldedConfig(**holdout, holdout_guard=1.15, holdout_antialias="yes")
 
