@@ -265,6 +265,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
         pyramid=args.pyramid,
         adapt=args.adapt,
         guard=args.guard,
+        refit=args.refit,
         n_iter=args.iterations,
         lam_fraction=args.lam,
         rho=args.rho,
@@ -419,6 +420,8 @@ def _check_output(path: Path, overwrite: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .unfolded import REFITS
+
     parser = argparse.ArgumentParser(
         prog="lfm-recon", description="Light-field microscopy reconstruction."
     )
@@ -610,6 +613,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="warn",
         help="net: compare with RL on 3 frames and warn if the network explains them much"
         " worse (fallback: then use RL) (default warn)",
+    )
+    p.add_argument(
+        "--refit",
+        choices=REFITS,
+        default=None,
+        help="net: after the held-out guard's decisions, run again on every pixel: all (the RL"
+        " start and the layers), layers, or none (about half the time of all)"
+        " (default: the model's setting)",
     )
     _add_solver_options(p, with_net=True)
     p.add_argument(

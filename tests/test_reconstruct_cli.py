@@ -130,6 +130,55 @@ def test_evaluate_prints_a_table_and_writes_json(files, capsys):
     assert all(10 < r["psnr"] < 80 and 0 <= r["f1"] <= 1 for r in rows)
 
 
+def test_reconstruct_refit_overrides_the_models_and_is_recorded(
+    files, small_bank, tmp_path, capsys
+):
+    """--refit: the volume is the network's with that holdout_refit (the
+    same weights), the provenance records it, and without it the model's
+    own setting holds (absent from the provenance); a model without the
+    guard is refused in one line."""
+    import dataclasses
+
+    from lfm_recon import UnfoldedISTA
+    from lfm_recon.modelfile import save_model
+    from lfm_recon.reconstruct import read_volumes
+
+    root, data = files
+    op = LightFieldOperator(small_bank)
+    net = UnfoldedISTA(
+        op, 2, data_term="poisson", prior="cnn", rl_start=40, rl_accelerate=True,
+        rl_stop="holdout", holdout_guard=1.5,
+    ).eval()  # fmt: skip
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    save_model(net, tmp_path / "m.pt")
+    argv = ["reconstruct", str(root / "lf.tif"), "--model", str(tmp_path / "m.pt"), "-q"]
+    argv += ["--background", "5"]
+    assert main([*argv, "-o", str(tmp_path / "own.h5")]) == 0
+    assert main([*argv, "--refit", "all", "-o", str(tmp_path / "all.h5")]) == 0
+    y = torch.from_numpy(data.lightfields[:1].astype(np.uint16).astype(np.float32))
+    refit = UnfoldedISTA(op, config=dataclasses.replace(net.config, holdout_refit="all"))
+    refit.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        expected = {"own": net(y, 5.0)[0].numpy(), "all": refit.eval()(y, 5.0)[0].numpy()}
+    for name in ("own", "all"):
+        volumes, info = read_volumes(tmp_path / f"{name}.h5")
+        tol = dict(rtol=1e-5, atol=1e-5 * expected[name].max())
+        np.testing.assert_allclose(volumes[0], expected[name], **tol)
+        assert info["provenance"].get("refit") == (None if name == "own" else "all")
+    assert np.abs(expected["all"] - expected["own"]).max() > 1e-3 * expected["own"].max()
+    bare = UnfoldedISTA(op, 2, data_term="poisson", rl_start=5, rl_stop="holdout")
+    save_model(bare, tmp_path / "bare.pt")
+    argv[3] = str(tmp_path / "bare.pt")
+    capsys.readouterr()
+    assert main([*argv, "--refit", "none", "-o", str(tmp_path / "bare.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "has no guard" in err and err.count("\n") == 1
+    assert not (tmp_path / "bare.h5").exists()
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -139,6 +188,7 @@ def test_evaluate_prints_a_table_and_writes_json(files, capsys):
         pytest.param(
             ["--method", "fista", "--accelerate"], "accelerate is for rl", id="accelerate-fista"
         ),
+        pytest.param(["--refit", "all"], "--refit is for the network", id="refit-rl"),
     ],
 )
 def test_reconstruct_bad_options(files, extra, message, capsys):

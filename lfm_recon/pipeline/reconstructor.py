@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from ..solvers import (
     rl_auto,
     solve,
 )
-from ..unfolded import UnfoldedISTA
+from ..unfolded import REFITS, UnfoldedISTA
 
 ALL_METHODS = ("net", *METHODS)
 PRECISIONS = {"fp32": "exact", "tf32": "tf32", "bf16": "bf16"}
@@ -52,6 +54,11 @@ class Reconstructor:
         n_iter, lam_fraction, rho, prior, filter, accelerate: the solvers'
             (see :func:`lfm_recon.solvers.solve`); "net" takes none of them
             (a filter or accelerate with "net" is an error).
+        refit: "net" only: ``"none"``, ``"layers"`` or ``"all"`` overrides the
+            model's ``holdout_refit`` (:class:`~lfm_recon.unfolded.UnfoldedConfig`:
+            after the held-out guard's decisions, run again on every pixel;
+            "none" takes about half the time of "all"); None keeps the
+            model's. The model given is not changed.
 
     Calling it returns float32 volumes in photons per voxel on the
     operator's device, whatever the operator's dtype. Frames without signal
@@ -78,6 +85,7 @@ class Reconstructor:
         prior: str = "l1",
         filter: str | None = None,
         accelerate: bool = False,
+        refit: str | None = None,
     ) -> None:
         if method not in ALL_METHODS:
             raise LFMError(f"method must be one of {', '.join(ALL_METHODS)}, got {method!r}")
@@ -108,6 +116,9 @@ class Reconstructor:
         if accelerate and method != "rl":
             raise LFMError(f"--accelerate is for rl (Richardson–Lucy) only, not for {method}")
         self.options["accelerate"] = bool(accelerate)
+        self.refit = refit  # not a solver option
+        if refit is not None:
+            self.net = _with_refit(self.net, method, refit)
 
     def set_background(self, level) -> None:
         """Use the constant level ``level`` (counts per pixel, any sign)."""
@@ -137,6 +148,8 @@ class Reconstructor:
                 p["filter"] = self.filter
             if self.options["accelerate"]:  # absent when off: older runs still resume
                 p["accelerate"] = True
+        elif self.refit is not None:  # absent unless given: older runs resume
+            p["refit"] = self.refit
         return p
 
     @torch.no_grad()
@@ -180,6 +193,22 @@ class Reconstructor:
             return x.to(torch.float32)
         out[keep] = x.to(torch.float32)
         return out
+
+
+def _with_refit(net: UnfoldedISTA | None, method: str, refit) -> UnfoldedISTA:
+    """A shallow copy of ``net`` (the same weights) with ``holdout_refit = refit``."""
+    if method != "net":
+        raise LFMError(f"--refit is for the network (--method net), not for {method}")
+    if refit not in REFITS:
+        raise LFMError(f"refit must be one of {', '.join(REFITS)}, got {refit!r}")
+    if not net.config.holdout_guard:
+        raise LFMError(
+            "--refit re-runs the network after its held-out guard's decisions, and this model"
+            " has no guard (holdout_guard = 0): leave --refit out"
+        )
+    out = copy.copy(net)  # shares parameters and buffers; only the config differs
+    out.config = dataclasses.replace(net.config, holdout_refit=refit)
+    return out
 
 
 def _iterations(n_iter, method: str, accelerate: bool) -> int | str:
@@ -238,7 +267,8 @@ def load_reconstructor(
         background: counts per pixel.
         device: where the operator (and network) run.
         precision: "fp32", or "tf32"/"bf16" on CUDA.
-        options: n_iter, lam_fraction, rho, prior, filter for the solvers.
+        options: n_iter, lam_fraction, rho, prior, filter, accelerate for the
+            solvers; refit for "net" (see :class:`Reconstructor`).
 
     Returns:
         The reconstructor and the provenance it determines (method and
@@ -295,7 +325,8 @@ def reconstruct(
             of the (rectified) frames (:func:`lfm_recon.background.frames_background`).
         batch: frames per batch.
         calibration: a :class:`~lfm_recon.calibration.Calibration` for raw frames.
-        options: n_iter, lam_fraction, rho, prior, filter for the solvers.
+        options: n_iter, lam_fraction, rho, prior, filter, accelerate for the
+            solvers; refit for "net" (see :class:`Reconstructor`).
 
     Returns:
         float32 (T, D, Yv, Xv) volumes in photons per voxel ((D, Yv, Xv) for

@@ -127,7 +127,8 @@ def reconstruct_files(
             frames (:mod:`lfm_recon.guard`) and warns when it explains them
             much worse; ``"fallback"`` then reconstructs with RL instead;
             ``"off"`` skips the check. Its finding goes to the provenance.
-        options: n_iter, lam_fraction, rho, prior, filter for the solvers.
+        options: n_iter, lam_fraction, rho, prior, filter, accelerate for the
+            solvers; refit for "net" (see :class:`Reconstructor`).
 
     Returns:
         :class:`RunReport`.
