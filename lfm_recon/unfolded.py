@@ -136,10 +136,13 @@ class UnfoldedConfig:
         holdout_refit: with the guard, at inference: ``"none"``, or once the
             held-out pixels have served the decisions (each frame's RL stop,
             blend α and filter), run again on every pixel with the same
-            decisions: ``"layers"`` the layers from the same start (8 more
-            layers), ``"all"`` the RL start too, each frame for the
-            iterations it stopped at (about twice the time). The held-out
-            1/8 of pixels is then not lost to the volume.
+            decisions: ``"layers"`` the layers from the same start
+            (``n_layers`` more), ``"all"`` the RL start too, each frame for
+            the iterations it stopped at (about twice the time; with
+            ``rl_accelerate`` the plain iterate at that count, where the
+            stop scored the point extrapolated from it; with a ``start``
+            given to :meth:`forward`, only the layers). The held-out 1/8 of
+            pixels is then not lost to the volume.
         noise_aware: the layers see the frame's signal-to-noise ratio
             (:meth:`UnfoldedISTA.snr`, photons): layer k scales its step,
             its thresholds and its prior's correction (if any) by

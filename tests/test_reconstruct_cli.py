@@ -169,6 +169,10 @@ def test_reconstruct_refit_overrides_the_models_and_is_recorded(
         np.testing.assert_allclose(volumes[0], expected[name], **tol)
         assert info["provenance"].get("refit") == (None if name == "own" else "all")
     assert np.abs(expected["all"] - expected["own"]).max() > 1e-3 * expected["own"].max()
+    from lfm_recon.reconstruct import Reconstructor
+
+    assert Reconstructor(net, "net", refit="all").net.config.holdout_refit == "all"
+    assert net.config.holdout_refit == "none"  # the model given is not changed
     bare = UnfoldedISTA(op, 2, data_term="poisson", rl_start=5, rl_stop="holdout")
     save_model(bare, tmp_path / "bare.pt")
     argv[3] = str(tmp_path / "bare.pt")

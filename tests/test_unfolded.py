@@ -411,6 +411,11 @@ def test_refit_keeps_the_guards_decisions(small_bank, op):
     expected = torch.where(refit.guard_antialiased.reshape(-1, 1, 1, 1), filtered, blend)
     torch.testing.assert_close(x, expected, rtol=1e-4, atol=1e-5 * float(x.max()))
     assert (x - x_guarded).abs().max() > 1e-3 * float(x.max())
+    # The filter choice is per frame (here every frame took it): a mixed one.
+    refit.guard_antialiased = torch.tensor([True, False, True, False])
+    mixed = refit._apply_guard(layers, start * c)
+    expected = torch.where(refit.guard_antialiased.reshape(-1, 1, 1, 1), filtered, blend)
+    torch.testing.assert_close(mixed, expected, rtol=1e-4, atol=1e-5 * float(x.max()))
 
 
 def test_guard_acts_at_inference_only(small_bank, op, lightfields):
