@@ -56,6 +56,7 @@ from .antialias import AntiAliasFilter
 from .errors import LFMError
 from .operator import LightFieldOperator
 from .solvers import (
+    _rows,
     as_background,
     as_lightfield,
     holdout_mask,
@@ -470,9 +471,11 @@ class UnfoldedISTA(nn.Module):
                 sens = self._sensitivity(y, holdout=True)
         else:
             held, kept = mask * weight, (1 - mask) * weight
-        x_start = x
-        x = self._guard(self._iterate(x, y, b, kept, gains, sens), x_start, y, b, held)
-        if cfg.holdout_refit == "none":
+        x_start, refit = x, cfg.holdout_refit != "none"
+        # With a refit, this pass only makes decisions: no graph for it.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not refit):
+            x = self._guard(self._iterate(x, y, b, kept, gains, sens), x_start, y, b, held)
+        if not refit:
             return x
         # The decisions are made; the second pass uses every pixel.
         if cfg.holdout_refit == "all" and not given:
@@ -570,17 +573,13 @@ class UnfoldedISTA(nn.Module):
         iterations its held-out stop chose (``counts`` (B,))."""
         op, x0 = self.op, self._start(y, b)
         sens = self._sensitivity(y) if weight is None else op.backproject(weight)
-        out = torch.empty_like(x0)
-
-        def rows_of(t, rows):  # a per-frame tensor's rows; a shared one as it is
-            return t[rows] if torch.is_tensor(t) and t.dim() and t.shape[0] == len(y) > 1 else t
-
+        out, frames = torch.empty_like(x0), len(y)
         for n in counts.unique().tolist():
             rows = torch.nonzero(counts == n).flatten()
             out[rows], _ = rl_iterations(
-                op.project, op.backproject, x0[rows], y[rows], rows_of(b, rows), int(n),
-                sensitivity=rows_of(sens, rows), accelerate=self.config.rl_accelerate,
-                weight=rows_of(weight, rows),
+                op.project, op.backproject, x0[rows], y[rows], _rows(b, rows, frames), int(n),
+                sensitivity=_rows(sens, rows, frames), accelerate=self.config.rl_accelerate,
+                weight=_rows(weight, rows, frames),
             )  # fmt: skip
         return out
 
