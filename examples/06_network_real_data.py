@@ -65,6 +65,7 @@ from lfm_recon import LightFieldOperator, Microscope, generate_psf
 from lfm_recon.antialias import as_filter
 from lfm_recon.background import estimate_background, split_level
 from lfm_recon.calibration import CalibrationWarning, calibrate
+from lfm_recon.errors import LFMError
 from lfm_recon.figures import plot_mips_side_by_side
 from lfm_recon.io import read_frames, write_volume_tiff
 from lfm_recon.metrics import reprojection_residual
@@ -157,7 +158,10 @@ def main() -> None:
 
     # 3. Train (the recipe), or reuse a model this example trained.
     if args.model:
-        net = load_model(args.model, bank=bank)
+        try:  # a model trained for other optics is refused: say so in one line
+            net = load_model(args.model, bank=bank)
+        except LFMError as err:
+            sys.exit(f"06_network_real_data: {err}")
     else:
         path = train_recipe(bank, lifted, b, min(ny, nx), out, quick, args.budget)
         net = load_model(path, bank=bank)
