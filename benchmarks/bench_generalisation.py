@@ -96,6 +96,7 @@ from lfm_recon.guard import check_network
 from lfm_recon.modelfile import load_model
 from lfm_recon.simulator import SimulationRanges, Simulator, simulated_dataset
 from lfm_recon.training import TrainConfig, train
+from lfm_recon.unfolded import RECIPE
 
 BASE = dict(
     density=10000.0,
@@ -130,20 +131,8 @@ RL_BASELINES = (
 HOLDOUT_BASELINES = (("rl_holdout", "antialias"), ("rl_holdout_unfiltered", "none"))
 SIZES = {"val": 4, "test": 6, "unlabeled": 16, "unpaired": 4}
 RL_CHECKPOINTS = (5, 10, 20, 30, 50, 70, 100, 150, 200, 300, 400, 600)
-# The network (the package's main architecture) and the simulation recipe.
-MODEL = {
-    "n_layers": 8,
-    "data_term": "poisson",
-    "per_depth_step": True,
-    "prior": "cnn",
-    "prior_channels": 32,
-    "rl_start": 100,
-    "rl_accelerate": True,
-    "rl_stop": "holdout",
-    "holdout_guard": 1.15,
-    "holdout_antialias": True,
-    "holdout_refit": "all",
-}
+# The network (the package's recipe, lfm_recon.unfolded.RECIPE) and the simulation recipe.
+MODEL = dict(RECIPE)
 # Settings that act at inference only: a reused network takes the recipe's.
 INFERENCE_ONLY = ("holdout_guard", "holdout_antialias", "holdout_refit")
 SIMULATE = {"batch_size": 4, "validation": 8, "reuse": 2}  # a draw serves 2 steps

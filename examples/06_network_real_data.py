@@ -73,6 +73,7 @@ from lfm_recon.modelfile import load_model
 from lfm_recon.reconstruct import Reconstructor
 from lfm_recon.solvers import holdout_mask, poisson_deviance, rl_iterations
 from lfm_recon.training import TrainConfig, train
+from lfm_recon.unfolded import RECIPE
 
 DEFAULT_SAMPLES = Path(__file__).resolve().parents[1].parent / "shared/data/lf-samples"
 SAMPLES = {  # folder: (white, dark, light field, preset, nominal camera pixel µm, depths µm)
@@ -92,19 +93,6 @@ SAMPLES = {  # folder: (white, dark, light field, preset, nominal camera pixel �
         7.4,
         np.linspace(-50, 50, 11),
     ),
-}
-RECIPE = {  # the README's [model] recipe
-    "n_layers": 8,
-    "data_term": "poisson",
-    "per_depth_step": True,
-    "prior": "cnn",
-    "prior_channels": 32,
-    "rl_start": 100,
-    "rl_accelerate": True,
-    "rl_stop": "holdout",
-    "holdout_guard": 1.15,
-    "holdout_antialias": True,
-    "holdout_refit": "all",
 }
 SCORED_SEED = 1  # the scored pixels' pattern; the methods' own held-out pattern has seed 0
 

@@ -42,7 +42,7 @@ from .modelfile import load_model, save_model
 from .operator import LightFieldOperator
 from .reconstruct import read_volumes, reconstruct_files
 from .training import TrainConfig, train
-from .unfolded import UnfoldedConfig, UnfoldedISTA
+from .unfolded import RECIPE, UnfoldedConfig, UnfoldedISTA
 
 SECONDS_PER_STEP = 2.0  # of this recipe on a 2-core CPU: the cosine schedule ends with the budget
 N_TRAIN, N_VALIDATION = 8, 4  # of the sample's 16 paired samples
@@ -56,19 +56,7 @@ def _recipe(folder: Path, budget: float) -> dict:
         "seed": 0,
         "steps_per_epoch": 25,
         "checkpoint_every": 25,
-        "model": {
-            "n_layers": 8,
-            "prior": "cnn",
-            "prior_channels": 32,
-            "data_term": "poisson",
-            "per_depth_step": True,
-            "rl_start": 100,
-            "rl_accelerate": True,
-            "rl_stop": "holdout",
-            "holdout_guard": 1.15,
-            "holdout_antialias": True,
-            "holdout_refit": "all",
-        },
+        "model": dict(RECIPE),
         "data": {
             "train": str(folder / "data.h5"),
             "n_validation": N_VALIDATION,

@@ -72,6 +72,21 @@ STARTS = ("auto", "zero", "adjoint", "uniform")
 RL_STOPS = ("fixed", "holdout")
 REFITS = ("none", "layers", "all")
 GUARD_STEPS = 16  # the guard's blends α = 0, 1/16, …, 1
+# The measured recipe (README, "Training"; benchmarks/README.md): keyword
+# arguments of UnfoldedConfig, shared by the benchmark, the demo and the examples.
+RECIPE = {
+    "n_layers": 8,
+    "data_term": "poisson",
+    "per_depth_step": True,
+    "prior": "cnn",
+    "prior_channels": 32,
+    "rl_start": 100,
+    "rl_accelerate": True,
+    "rl_stop": "holdout",
+    "holdout_guard": 1.15,
+    "holdout_antialias": True,
+    "holdout_refit": "all",
+}
 
 
 @dataclass(frozen=True)
