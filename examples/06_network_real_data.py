@@ -34,12 +34,13 @@ light as RL; the projections show what each makes of the sample. The
 README ("Real camera images") has both samples' figures.
 
     python examples/06_network_real_data.py [--samples PATH] [--sample NAME]
-        [-o out/] [--quick] [--budget S] [--model run/model.pt]
+        [-o out/] [--quick] [--budget S] [--model run/model.pt] [--rl-filter antialias]
 
 Sizes fit a 2-core CPU: 11 depths, s = 3; the GUV's PSF reaches 13
 lenslets, so it trains on whole 28-lenslet frames; the sea urchin's reaches
 4, so on 15-lenslet patches. ``--budget``: training seconds (15 minutes);
-``--model``: reuse a model this example trained (skips training).
+``--model``: reuse a model this example trained (skips training);
+``--rl-filter antialias``: the RL start filtered (README, `rl_filter`).
 
 PATH defaults to $LFM_SAMPLES, else ../shared/data/lf-samples next to the
 repository. Training keys used (lfm_recon.training.TrainConfig and
@@ -109,6 +110,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a few steps (CI)")
     parser.add_argument("--budget", type=float, default=900.0, help="training seconds (CPU)")
     parser.add_argument("--model", help="a model.pt this example trained (skips training)")
+    parser.add_argument(
+        "--rl-filter",
+        choices=("none", "antialias"),
+        default="none",
+        help="the network's RL start with the anti-aliasing filter (model.rl_filter; README)",
+    )
     args = parser.parse_args()
     root, name = Path(args.samples), args.sample
     if not (root / name).is_dir():
@@ -151,7 +158,7 @@ def main() -> None:
         except LFMError as err:
             sys.exit(f"06_network_real_data: {err}")
     else:
-        path = train_recipe(bank, lifted, b, min(ny, nx), out, quick, args.budget)
+        path = train_recipe(bank, lifted, b, min(ny, nx), out, quick, args.budget, args.rl_filter)
         net = load_model(path, bank=bank)
 
     # 4. Both methods on the whole frame, as a user runs them.
@@ -203,7 +210,7 @@ def main() -> None:
     )
 
 
-def train_recipe(bank, lifted, b, lenslets, out, quick, budget) -> Path:
+def train_recipe(bank, lifted, b, lenslets, out, quick, budget, rl_filter="none") -> Path:
     """Train the README's recipe for this bank: simulated neurons (fresh
     draws) + the lifted frame as unlabeled data; returns the model path."""
     radius = int(bank.radii.max())
@@ -217,7 +224,8 @@ def train_recipe(bank, lifted, b, lenslets, out, quick, budget) -> Path:
     voxel = bank.voxel_size[0] * bank.voxels_per_lenslet  # µm per lenslet
     extent_mm3 = float(np.ptp(bank.depths)) * (side * voxel) ** 2 * 1e-9
     tifffile.imwrite(out / "frames.tif", lifted[None])
-    model = dict(RECIPE) | ({"n_layers": 2, "prior_channels": 4, "rl_start": 5} if quick else {})
+    model = dict(RECIPE, rl_filter=rl_filter)
+    model |= {"n_layers": 2, "prior_channels": 4, "rl_start": 5} if quick else {}
     config = TrainConfig.from_dict(
         {
             "psf": str(out / "psf.h5"),

@@ -70,6 +70,7 @@ SNR_REFERENCE = 3.0  # a noise_aware network's gains are 1 at this snr (mid trai
 PRIORS = ("none", "cnn", "unet")
 STARTS = ("auto", "zero", "adjoint", "uniform")
 RL_STOPS = ("fixed", "holdout")
+RL_FILTERS = ("none", "antialias")
 REFITS = ("none", "layers", "all")
 GUARD_STEPS = 16  # the guard's blends α = 0, 1/16, …, 1
 # The measured recipe (README, "Training"; benchmarks/README.md): keyword
@@ -123,6 +124,13 @@ class UnfoldedConfig:
             the object. The layers then use all pixels. The stop depends on
             the whole frame, so a patch is no longer reconstructed exactly as
             its frame's interior.
+        rl_filter: ``"none"`` or ``"antialias"``: the RL start with the
+            depth-adaptive anti-aliasing filter after every update, as
+            ``richardson_lucy(filter="antialias")`` (:mod:`lfm_recon.antialias`),
+            in its held-out stop and in ``holdout_refit = "all"`` alike.
+            Unfiltered RL leaves lenslet-period stripes near the native
+            plane, strongest at the frame's edges, and layers trained on it
+            keep them.
         holdout_guard: 0 (off) or a tolerance T ≥ 1 (needs ``rl_stop =
             "holdout"``): a per-frame check that the network has not left the
             data behind. The layers then also leave the held-out pixels
@@ -188,6 +196,7 @@ class UnfoldedConfig:
     rl_start: int = 0
     rl_accelerate: bool = False
     rl_stop: str = "fixed"
+    rl_filter: str = "none"
     holdout_guard: float = 0.0
     holdout_antialias: bool = False
     holdout_refit: str = "none"
@@ -204,6 +213,7 @@ class UnfoldedConfig:
             ("prior", self.prior, PRIORS),
             ("start", self.start, STARTS),
             ("rl_stop", self.rl_stop, RL_STOPS),
+            ("rl_filter", self.rl_filter, RL_FILTERS),
             ("holdout_refit", self.holdout_refit, REFITS),
         ):
             if value not in allowed:
@@ -218,6 +228,8 @@ class UnfoldedConfig:
             raise LFMError(f"rl_start must be ≥ 0, got {self.rl_start}")
         if self.rl_accelerate and not self.rl_start:
             raise LFMError("rl_accelerate accelerates the RL start: give rl_start > 0 too")
+        if self.rl_filter != "none" and not self.rl_start:
+            raise LFMError("rl_filter filters the RL start: give rl_start > 0 too")
         if self.rl_stop != "fixed" and not self.rl_start:
             raise LFMError("rl_stop stops the RL start: give rl_start > 0 (its maximum) too")
         guard = self.holdout_guard
@@ -594,9 +606,16 @@ class UnfoldedISTA(nn.Module):
             out[rows], _ = rl_iterations(
                 op.project, op.backproject, x0[rows], y[rows], _rows(b, rows, frames), int(n),
                 sensitivity=_rows(sens, rows, frames), accelerate=self.config.rl_accelerate,
-                weight=_rows(weight, rows, frames),
+                weight=_rows(weight, rows, frames), post=self._rl_post(),
             )  # fmt: skip
         return out
+
+    def _rl_post(self):
+        """What the RL start applies after every update (``rl_filter``)."""
+        if self.config.rl_filter == "none":
+            return None
+        aa = self.antialias_filter
+        return lambda v: aa(v, inplace=True)
 
     @property
     def antialias_filter(self) -> AntiAliasFilter:
@@ -623,7 +642,7 @@ class UnfoldedISTA(nn.Module):
             sens = self._sensitivity(y) if weight is None else op.backproject(w)
         x, self.rl_iterations = rl_iterations(
             op.project, op.backproject, x, y, b, n,
-            sensitivity=sens, accelerate=accelerate, weight=w, held=held,
+            sensitivity=sens, accelerate=accelerate, weight=w, held=held, post=self._rl_post(),
         )  # fmt: skip
         return x
 
@@ -673,7 +692,8 @@ class UnfoldedISTA(nn.Module):
         return (
             f"n_layers={c.n_layers}, data_term={c.data_term}, per_depth_step={c.per_depth_step},"
             f" prior={c.prior}, tied_prior={c.tied_prior}, rl_start={c.rl_start},"
-            f" rl_accelerate={c.rl_accelerate}, rl_stop={c.rl_stop}, noise_aware={c.noise_aware},"
+            f" rl_accelerate={c.rl_accelerate}, rl_stop={c.rl_stop}, rl_filter={c.rl_filter},"
+            f" noise_aware={c.noise_aware},"
             f" start={c.resolved_start}"
         )
 

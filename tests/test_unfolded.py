@@ -143,6 +143,28 @@ def test_accelerated_rl_start_is_the_solvers_accelerated_richardson_lucy(op, lig
     assert (x - plain).abs().max() > 1e-3 * float(expected.max())
 
 
+def test_filtered_rl_start_is_the_solvers_anti_aliased_richardson_lucy(op, lightfields):
+    """rl_filter = "antialias": the start is the solver's RL with
+    filter="antialias" (accelerated, 6 iterations); not the unfiltered one."""
+    from lfm_recon.solvers import richardson_lucy
+
+    kw = dict(data_term="poisson", rl_start=6, rl_accelerate=True)
+    net = UnfoldedISTA(op, 2, rl_filter="antialias", **kw)
+    c = UnfoldedISTA.signal_scale(lightfields, torch.tensor(5.0))
+    start = net.initial(lightfields, 5.0) * c
+    x0 = _uniform_start(op, lightfields, 5.0).expand_as(start)
+    expected = richardson_lucy(
+        op, lightfields, 6, background=5.0, x0=x0, accelerate=True, filter="antialias"
+    )
+    torch.testing.assert_close(start, expected, rtol=1e-5, atol=1e-6 * float(expected.max()))
+    plain = UnfoldedISTA(op, 2, **kw).initial(lightfields, 5.0) * c
+    assert (plain - expected).abs().max() > 1e-2 * float(expected.max())
+    with pytest.raises(LFMError, match="rl_filter must be one of"):
+        UnfoldedConfig(rl_start=6, rl_filter="lanczos")
+    with pytest.raises(LFMError, match="give rl_start > 0"):
+        UnfoldedConfig(rl_filter="antialias")
+
+
 def _identity_layer(net: UnfoldedISTA) -> None:
     """μ ≈ 0 and λ ≈ 0: the one Poisson layer returns its input (the RL start)."""
     with torch.no_grad():
@@ -337,13 +359,15 @@ def test_guard_anti_aliases_the_frames_whose_held_out_light_allows_it(small_bank
 
 
 @pytest.mark.parametrize("refit", ["layers", "all"])
-def test_refit_is_richardson_lucy_on_every_pixel_after_the_held_out_stop(op, refit):
+@pytest.mark.parametrize("rl_filter", ["none", "antialias"])
+def test_refit_is_richardson_lucy_on_every_pixel_after_the_held_out_stop(op, refit, rl_filter):
     """Untrained Poisson layers are RL iterations (μ = 1, λ ≈ 0, ε = 0), so
     with the guard never binding the refit's volume is the solver's RL on
     every pixel: 'layers' — 3 iterations from the network's held-out-stopped
     start; 'all' — each frame's held-out stop count plus 3, from the uniform
-    start. Without a refit the layers skip the held-out pixels: a different
-    answer (the test can fail)."""
+    start (with ``rl_filter``, the stop count filtered, as the solver's
+    filter="antialias", then 3 plain). Without a refit the layers skip the
+    held-out pixels: a different answer (the test can fail)."""
     from lfm_recon.solvers import richardson_lucy
 
     b = 5.0  # at 10 photons plain RL's held-out stops come apart within 60 iterations
@@ -353,7 +377,7 @@ def test_refit_is_richardson_lucy_on_every_pixel_after_the_held_out_stop(op, ref
     for kind in ("none", refit):
         nets[kind] = UnfoldedISTA(
             op, 3, data_term="poisson", em_floor=0.0, rl_start=60, rl_stop="holdout",
-            holdout_guard=1e30, holdout_refit=kind,
+            holdout_guard=1e30, holdout_refit=kind, rl_filter=rl_filter,
         ).eval()  # fmt: skip
         with torch.no_grad():
             nets[kind].threshold_raw.fill_(-60.0)
@@ -369,9 +393,14 @@ def test_refit_is_richardson_lucy_on_every_pixel_after_the_held_out_stop(op, ref
             expected = richardson_lucy(op, y, 3, background=b, x0=start)
         else:
             x0 = _uniform_start(op, y, b).expand_as(start)
-            expected = torch.cat([
-                richardson_lucy(op, y[i : i + 1], int(n) + 3, background=b, x0=x0[i : i + 1])
+            starts = [
+                richardson_lucy(op, y[i : i + 1], int(n), background=b, x0=x0[i : i + 1],
+                                filter=rl_filter)
                 for i, n in enumerate(stops)
+            ]  # fmt: skip
+            expected = torch.cat([
+                richardson_lucy(op, y[i : i + 1], 3, background=b, x0=s)
+                for i, s in enumerate(starts)
             ])  # fmt: skip
     assert nets[refit].guard_blend.tolist() == [1.0] * len(y)
     tol = dict(rtol=1e-4, atol=1e-5 * float(expected.max()))
