@@ -2,7 +2,8 @@
 
 Every operator configuration is listed once in CONFIGS and every generic
 property runs over all of them (odd/even nnum and lenslet counts, several s,
-depth groups of different radii, float32/float64).
+depth groups of different radii, float32/float64), by direct convolution and
+by FFT (``PATHS``: every group with R ≥ 1 on the FFT path).
 """
 
 import re
@@ -35,8 +36,12 @@ DEVICES = [
 ]
 
 
-def _op(cfg, device="cpu"):
-    return LightFieldOperator(random_bank(cfg), dtype=cfg.dtype, device=device)
+PATHS = [pytest.param(None, id="direct"), pytest.param(1, id="fft")]  # fft_radius
+
+
+def _op(cfg, device="cpu", fft_radius=None):
+    bank = random_bank(cfg)
+    return LightFieldOperator(bank, dtype=cfg.dtype, device=device, fft_radius=fft_radius)
 
 
 def _rand(shape, dtype, seed, device="cpu"):
@@ -44,10 +49,11 @@ def _rand(shape, dtype, seed, device="cpu"):
     return t.to(device)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cfg", CONFIGS)
-def test_dot_product(cfg, device):
-    op = _op(cfg, device)
+def test_dot_product(cfg, device, path):
+    op = _op(cfg, device, path)
     x = _rand((2, *op.volume_shape(cfg.lenslets)), cfg.dtype, 1, device)
     y = _rand((2, *op.lightfield_shape(cfg.lenslets)), cfg.dtype, 2, device)
     lhs = (op(x) * y).sum().item()
@@ -56,10 +62,11 @@ def test_dot_product(cfg, device):
     assert abs(lhs - rhs) <= tol * abs(lhs), f"<Hx,y> = {lhs!r}, <x,Hᵀy> = {rhs!r}"
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("cfg", CONFIGS)
-def test_forward_equals_brute_force_projection(cfg):
+def test_forward_equals_brute_force_projection(cfg, path):
     bank = random_bank(cfg)
-    op = LightFieldOperator(bank, dtype=cfg.dtype)
+    op = LightFieldOperator(bank, dtype=cfg.dtype, fft_radius=path)
     volume = np.random.default_rng(3).random(op.volume_shape(cfg.lenslets))
     got = op(torch.as_tensor(volume, dtype=cfg.dtype)[None])[0, 0].numpy()
     want = brute_force(bank, volume)
@@ -78,10 +85,11 @@ def test_norm_bounds_power_iteration_and_is_tight(cfg):
     assert estimate >= 0.85 * op.norm()  # 12×12 lenslets with zero padding
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cfg", CONFIGS)
-def test_autograd_gives_the_adjoint(cfg, device):
-    op = _op(cfg, device)
+def test_autograd_gives_the_adjoint(cfg, device, path):
+    op = _op(cfg, device, path)
     x = _rand((1, *op.volume_shape(cfg.lenslets)), cfg.dtype, 5, device).requires_grad_()
     y = _rand((1, *op.lightfield_shape(cfg.lenslets)), cfg.dtype, 6, device).requires_grad_()
     (op(x) * y.detach()).sum().backward()
@@ -93,9 +101,10 @@ def test_autograd_gives_the_adjoint(cfg, device):
     assert all(not b.requires_grad for b in op.buffers())
 
 
-def test_gradients_match_finite_differences_twice():
+@pytest.mark.parametrize("path", PATHS)
+def test_gradients_match_finite_differences_twice(path):
     """torch's numerical gradcheck and gradgradcheck, through H and Hᵀ."""
-    op = _op(Config(3, 2, (1, 0), (2, 2), torch.float64))
+    op = _op(Config(3, 2, (1, 0), (2, 2), torch.float64), fft_radius=path)
     x = _rand((1, *op.volume_shape((2, 2))), torch.float64, 13).requires_grad_()
     assert torch.autograd.gradcheck(lambda v: op.adjoint(op(v) ** 2), (x,))
     assert torch.autograd.gradgradcheck(lambda v: op.adjoint(op(v) ** 2), (x,))
@@ -243,6 +252,36 @@ def test_bad_input_is_a_clear_error(small_bank, make, message):
         make(op)
 
 
+def test_large_kernels_take_the_fft_path_by_default_and_match_brute_force(monkeypatch):
+    """Radii ≥ FFT_RADIUS (7) convolve by FFT, smaller ones directly, in one
+    operator: both equal the brute-force projection and are adjoint. A
+    spectrum over FFT_MAX_BYTES stays direct (same result). Frame sizes
+    have their own spectra (a second size right after the first)."""
+    from lfm_recon import operator as operator_module
+
+    cfg = Config(3, 2, (7, 2, 8), (4, 3), torch.float64)
+    bank = random_bank(cfg)
+    op = LightFieldOperator(bank, dtype=cfg.dtype)
+    assert [(g.radius, g.fft) for g in op._groups] == [(2, False), (7, True), (8, True)]
+    rng = np.random.default_rng(8)
+    for lenslets in (cfg.lenslets, (2, 5)):
+        volume = rng.random(op.volume_shape(lenslets))
+        got = op(torch.as_tensor(volume)[None])[0, 0].numpy()
+        want = brute_force(bank, volume)
+        assert np.abs(got - want).max() <= 1e-12 * np.abs(want).max()
+        y = torch.as_tensor(rng.random(op.lightfield_shape(lenslets)))[None]
+        x = torch.as_tensor(volume)[None]
+        lhs, rhs = (op(x) * y).sum().item(), (x * op.adjoint(y)).sum().item()
+        assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
+    monkeypatch.setattr(operator_module, "FFT_MAX_BYTES", 1)
+    capped = LightFieldOperator(bank, dtype=cfg.dtype)
+    x = torch.as_tensor(rng.random(op.volume_shape(cfg.lenslets)))[None]
+    torch.testing.assert_close(capped(x), op(x), rtol=1e-12, atol=0)
+    assert capped._spectra and all(v is None for v in capped._spectra.values())
+    fast = LightFieldOperator(bank, compute="tf32")  # the fast modes stay direct
+    assert not any(g.fft for g in fast._groups)
+
+
 def test_bad_construction_is_a_clear_error(small_bank):
     with pytest.raises(LFMError, match="PSFBank"):
         LightFieldOperator("bank.h5")
@@ -250,6 +289,9 @@ def test_bad_construction_is_a_clear_error(small_bank):
         LightFieldOperator(small_bank, compute="fp8")
     with pytest.raises(LFMError, match=re.escape("needs dtype=torch.float32")):
         LightFieldOperator(small_bank, dtype=torch.float64, compute="bf16")
+    for bad in (0, 2.5, True):
+        with pytest.raises(LFMError, match="fft_radius must be a kernel radius"):
+            LightFieldOperator(small_bank, fft_radius=bad)
 
 
 class TestSimulate:
