@@ -41,6 +41,7 @@ from torch import nn
 
 from .errors import LFMError
 from .psf.bank import PSFBank
+from .psf.lightfield import _fast_size
 
 COMPUTE_MODES = ("exact", "tf32", "bf16")
 FFT_RADIUS = 7  # groups with R ≥ this convolve by FFT (bench_operator_fft.py)
@@ -156,6 +157,11 @@ class LightFieldOperator(nn.Module):
         # non-negative matrices, sup_ω σ_max(Ŵ(ω)) = σ_max(Ŵ(0)).
         self._norm = float(np.linalg.norm(np.concatenate(summed, axis=1), ord=2))
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.cuda()/.double() move the weights: kept spectra of the old ones go.
+        self._spectra = {}
+        return super()._apply(fn, *args, **kwargs)
+
     # --- shapes and sizes ------------------------------------------------------
     def volume_shape(self, n_lenslets: tuple[int, int]) -> tuple[int, int, int]:
         """(D, Yv, Xv) of a volume for (ny, nx) lenslets."""
@@ -265,7 +271,7 @@ class LightFieldOperator(nn.Module):
         key = (i, ny, nx, w.device, w.dtype)
         if key not in self._spectra:
             r, (o, c) = g.radius, w.shape[:2]
-            py, px = _fft_size(ny + 2 * r), _fft_size(nx + 2 * r)
+            py, px = _fast_size(ny + 2 * r, 1), _fast_size(nx + 2 * r, 1)
             bins = py * (px // 2 + 1)
             entry = None
             if o * c * bins * 2 * w.element_size() <= FFT_MAX_BYTES:
@@ -473,18 +479,6 @@ def _cudnn_tf32(enabled: bool):
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = previous
-
-
-def _fft_size(n: int) -> int:
-    """The smallest 5-smooth size ≥ n (fast for every FFT library)."""
-    while True:
-        m = n
-        for p in (2, 3, 5):
-            while m % p == 0:
-                m //= p
-        if m == 1:
-            return n
-        n += 1
 
 
 def _fft_correlate(x: torch.Tensor, spectrum: tuple, radius: int) -> torch.Tensor:

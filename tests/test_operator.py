@@ -273,6 +273,9 @@ def test_large_kernels_take_the_fft_path_by_default_and_match_brute_force(monkey
         x = torch.as_tensor(volume)[None]
         lhs, rhs = (op(x) * y).sum().item(), (x * op.adjoint(y)).sum().item()
         assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
+    assert len(op._spectra) == 4  # two groups × two frame sizes
+    op.to("cpu")  # moving the module drops the spectra of the weights it had
+    assert not op._spectra
     monkeypatch.setattr(operator_module, "FFT_MAX_BYTES", 1)
     capped = LightFieldOperator(bank, dtype=cfg.dtype)
     x = torch.as_tensor(rng.random(op.volume_shape(cfg.lenslets)))[None]

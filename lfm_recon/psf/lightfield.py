@@ -100,8 +100,9 @@ def grid_sizes(
     return n_nip, _fast_size(n_nip + 2 * guard * lens_samples)
 
 
-def _fast_size(n: int) -> int:
-    """Smallest m ≥ n, m ≡ n (mod 2), whose prime factors are 2, 3, 5."""
+def _fast_size(n: int, step: int = 2) -> int:
+    """Smallest m ≥ n, m ≡ n (mod step), whose prime factors are 2, 3, 5
+    (fast for every FFT library); step 2 keeps n's parity, step 1 any size."""
     m = n
     while True:
         k = m
@@ -110,7 +111,7 @@ def _fast_size(n: int) -> int:
                 k //= p
         if k == 1:
             return m
-        m += 2
+        m += step
 
 
 def sensor_images(
